@@ -1,0 +1,52 @@
+"""Domain errors shared by every layer; the API maps them to OCI error responses."""
+
+from __future__ import annotations
+
+
+class ForgeError(Exception):
+    """Base class of every error nixforge reports to a client."""
+
+    def __init__(self, message: str, detail: object = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+
+class NameInvalid(ForgeError):
+    """A repository name that breaks the distribution spec's grammar or length limit."""
+
+
+class TagInvalid(ForgeError):
+    """A tag that breaks the spec's grammar or the configured length limit."""
+
+
+class DigestInvalid(ForgeError):
+    """A digest that is not `algorithm:hex` of a supported algorithm."""
+
+
+class NameUnknown(ForgeError):
+    """The repository does not exist: no such package in the flake."""
+
+
+class ManifestUnknown(ForgeError):
+    """The repository exists but the tag or digest does not."""
+
+
+class BlobUnknown(ForgeError):
+    """No blob with that digest is stored for the repository."""
+
+
+class BuildFailed(ForgeError):
+    """Nix (or image assembly) failed; `detail` holds the tail of the build log."""
+
+
+class BuildTimedOut(ForgeError):
+    """The build ran longer than the configured timeout and was killed."""
+
+
+class TooManyBuilds(ForgeError):
+    """The build queue is full; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int, detail: object = None) -> None:
+        super().__init__(message, detail)
+        self.retry_after = retry_after

@@ -1,0 +1,1 @@
+"""Resolving (name, tag) to stored images: builds on demand, single-flight, cached."""

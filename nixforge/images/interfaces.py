@@ -1,0 +1,48 @@
+"""What the HTTP layer may ask of the image service."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import BinaryIO
+
+from attrs import frozen
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+from nixforge.oci.documents import ImageManifests, ManifestDocument
+
+
+@frozen
+class BlobFile:
+    """A stored blob ready to stream: its size and an opener (opening is one quick syscall)."""
+
+    digest: str
+    size: int
+    opener: Callable[[], BinaryIO]
+
+    def open(self) -> BinaryIO:
+        """Open the blob for binary reading."""
+        return self.opener()
+
+
+class IImageService(Interface):
+    """Resolve repositories, tags and digests; every failure is a `nixforge.errors.ForgeError`."""
+
+    def resolve_tag(name: str, tag: str) -> Deferred[ImageManifests]:
+        """Return both manifest forms of name:tag, building the image first if needed.
+
+        Fails with NameUnknown, ManifestUnknown, BuildFailed, BuildTimedOut or TooManyBuilds.
+        Cancelling the returned Deferred never cancels a build other callers wait on.
+        """
+
+    def manifest_by_digest(name: str, digest: str) -> Deferred[ManifestDocument]:
+        """Return the manifest of `name` whose bytes hash to `digest`; fails with ManifestUnknown."""
+
+    def blob(name: str, digest: str) -> Deferred[BlobFile]:
+        """Return the stored blob of `name`; fails with BlobUnknown (NameUnknown if no such repo)."""
+
+    def tags(name: str) -> Deferred[list[str]]:
+        """Return the tags of `name`, sorted; fails with NameUnknown."""
+
+    def repositories() -> Deferred[list[str]]:
+        """Return every repository the registry has built, sorted."""

@@ -1,0 +1,84 @@
+"""Image manifests in their OCI and Docker schema2 forms, built from one config and layer list."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from attrs import field, frozen
+
+from nixforge.oci import media_types as mt
+
+
+def sha256_digest(data: bytes) -> str:
+    """Return the `sha256:<hex>` digest of `data`."""
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def canonical_json(document: Any) -> bytes:
+    """Serialise a document deterministically: sorted keys, no whitespace, UTF-8."""
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@frozen
+class LayerBlob:
+    """A stored gzip-compressed layer: its blob digest and size, and its uncompressed diff_id."""
+
+    digest: str
+    size: int
+    diff_id: str
+
+
+@frozen
+class ManifestDocument:
+    """One serialised manifest: its media type, bytes and digest."""
+
+    media_type: str
+    body: bytes
+    digest: str = field()
+
+    @digest.default
+    def _digest(self) -> str:
+        return sha256_digest(self.body)
+
+
+@frozen
+class ImageManifests:
+    """The two forms of one image; they share the config and layer blobs."""
+
+    oci: ManifestDocument
+    docker: ManifestDocument
+
+
+def build_manifests(
+    config_digest: str,
+    config_size: int,
+    layers: list[LayerBlob],
+    annotations: dict[str, str] | None = None,
+) -> ImageManifests:
+    """Build the OCI and Docker schema2 manifests of an image whose layers are all gzip."""
+    oci: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": mt.OCI_MANIFEST,
+        "config": {"mediaType": mt.OCI_CONFIG, "digest": config_digest, "size": config_size},
+        "layers": [
+            {"mediaType": mt.OCI_LAYER_GZIP, "digest": layer.digest, "size": layer.size}
+            for layer in layers
+        ],
+    }
+    if annotations:
+        oci["annotations"] = dict(annotations)
+    docker: dict[str, Any] = {
+        "schemaVersion": 2,
+        "mediaType": mt.DOCKER_MANIFEST,
+        "config": {"mediaType": mt.DOCKER_CONFIG, "digest": config_digest, "size": config_size},
+        "layers": [
+            {"mediaType": mt.DOCKER_LAYER_GZIP, "digest": layer.digest, "size": layer.size}
+            for layer in layers
+        ],
+    }
+    return ImageManifests(
+        oci=ManifestDocument(mt.OCI_MANIFEST, canonical_json(oci)),
+        docker=ManifestDocument(mt.DOCKER_MANIFEST, canonical_json(docker)),
+    )

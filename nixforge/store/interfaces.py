@@ -1,0 +1,84 @@
+"""The contracts of blob storage and of the tag index.
+
+Every method here may block (disk I/O, fsync): callers on the reactor thread run them in a
+thread pool, except `size`/`has`, which are a single stat and answered from memory where possible.
+"""
+
+from __future__ import annotations
+
+from typing import BinaryIO
+
+from attrs import frozen
+from zope.interface import Interface
+
+
+class IBlobWriter(Interface):
+    """A blob being written: bytes go to a hidden temporary file until `commit`."""
+
+    def write(data: bytes) -> None:
+        """Append bytes to the blob, hashing them as they pass."""
+
+    def commit(expected_digest: str | None = None) -> tuple[str, int]:
+        """Verify (against `expected_digest` if given), fsync and atomically publish the blob.
+
+        Returns `(digest, size)`. Raises `nixforge.errors.DigestInvalid` on a mismatch, in which
+        case nothing is published. Publishing a blob that already exists discards the new copy.
+        """
+
+    def abort() -> None:
+        """Discard the temporary file; nothing becomes visible. Safe to call twice."""
+
+
+class IBlobStore(Interface):
+    """Blobs addressed by their sha256 digest, published atomically, never half-visible."""
+
+    def size(digest: str) -> int | None:
+        """Return the blob's size in bytes, or None when it is not stored."""
+
+    def open(digest: str) -> BinaryIO:
+        """Open the blob for binary reading; raise `nixforge.errors.BlobUnknown` when absent."""
+
+    def read(digest: str) -> bytes:
+        """Return a (small) blob's bytes; raise `BlobUnknown` when absent."""
+
+    def writer() -> IBlobWriter:
+        """Start writing a new blob."""
+
+    def put(data: bytes) -> tuple[str, int]:
+        """Store small bytes durably (idempotent); return `(digest, size)`."""
+
+
+@frozen
+class TagRecord:
+    """What a (repository, tag) resolved to when it was last built."""
+
+    name: str
+    tag: str
+    oci_digest: str
+    docker_digest: str
+    built_at: float
+    source: str
+    immutable: bool = False
+
+
+class ITagIndex(Interface):
+    """The durable map (name, tag) → TagRecord; survives restarts, updated atomically."""
+
+    def get(name: str, tag: str) -> TagRecord | None:
+        """Return the record, from memory."""
+
+    def put(record: TagRecord) -> None:
+        """Durably record (write temp, fsync, rename), then update memory. Blocks."""
+
+    def tags(name: str) -> list[str]:
+        """Return the repository's tags, sorted."""
+
+    def names() -> list[str]:
+        """Return every repository with at least one tag, sorted."""
+
+    def has_manifest(name: str, digest: str) -> bool:
+        """Tell whether `digest` is the OCI or Docker manifest of any record ever put for `name`.
+
+        Superseded records count too, so a client that resolved a tag just before a rebuild can
+        still fetch the manifest by the digest it was given.
+        """
