@@ -1,0 +1,207 @@
+"""ForgeConfig: every setting, read from environment variables and overridden by twistd options."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+from attrs import frozen
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_FLAKE = "github:imincik/flake-forge"
+# overlayfs and the container runtimes refuse images with much more than 127 layers.
+MAX_LAYER_BUDGET = 125
+_NIX_OPTION_NAME = re.compile(r"[a-z][a-z0-9-]*")
+# A flake reference is passed to Nix as one argv entry; refuse what could be read as an option.
+_FLAKE_REF = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s#]+|[./][^\s#]*")
+
+
+class ConfigError(ValueError):
+    """A setting has a value nixforge cannot run with; the message is one line."""
+
+
+def default_data_dir(environ: Mapping[str, str]) -> str:
+    """Where blobs and the index live when NIXFORGE_DATA_DIR is not set.
+
+    systemd's STATE_DIRECTORY (StateDirectory=nixforge) first, then the XDG data directory.
+    """
+    if environ.get("STATE_DIRECTORY"):
+        return environ["STATE_DIRECTORY"].split(":")[0]
+    xdg = environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(xdg, "nixforge")
+
+
+def _endpoint_for(host: str, port: int) -> str:
+    """The Twisted endpoint string that listens on `host`:`port` (colons escaped for IPv6)."""
+    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+
+
+@frozen
+class Setting:
+    """One setting: its attribute, environment variable, twistd option, default and parser."""
+
+    attribute: str
+    variable: str
+    option: str | None
+    default: str
+    parse: Callable[[str], Any]
+    meaning: str
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise ValueError("must be a positive number of seconds")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return value
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return "WARN" if level == "WARNING" else level
+
+
+def _flake(text: str) -> str:
+    if not _FLAKE_REF.fullmatch(text):
+        raise ValueError("must be a flake reference such as github:owner/repo or path:/abs/dir")
+    return text
+
+
+def _host(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9.:_-]+", text):
+        raise ValueError("must be a host name or IP address")
+    return text
+
+
+def _layer_budget(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_LAYER_BUDGET:
+        raise ValueError(f"must be at most {MAX_LAYER_BUDGET} (overlayfs limit)")
+    return value
+
+
+def parse_nix_options(text: str) -> tuple[tuple[str, str], ...]:
+    """Parse `NAME=VALUE` pairs separated by newlines or semicolons."""
+    pairs = []
+    for item in re.split(r"[;\n]", text):
+        item = item.strip()
+        if not item:
+            continue
+        name, equals, value = item.partition("=")
+        name = name.strip()
+        if not equals or not _NIX_OPTION_NAME.fullmatch(name):
+            raise ValueError(f"{item!r} is not NAME=VALUE")
+        pairs.append((name, value.strip()))
+    return tuple(pairs)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("log_level", "LOG_LEVEL", "log-level", "INFO", _log_level,
+            "Log level: DEBUG streams every Nix build line into the log."),
+    Setting("host", "FLASK_HOST", None, "0.0.0.0", _host, "Interface to listen on (when --port is a number)."),
+    Setting("port", "FLASK_PORT", None, "5000", _port, "TCP port to listen on."),
+    Setting("flake", "GITHUB_REPO", "flake", DEFAULT_FLAKE, _flake, "Flake that images are built from."),
+    Setting("build_timeout", "NIX_BUILD_TIMEOUT", "build-timeout", "600", _positive_float,
+            "Seconds a build may run before it is killed (TERM, then KILL)."),
+    Setting("cache_size", "CACHE_SIZE", "cache-size", "50", _positive_int,
+            "Images whose manifests are kept in memory."),
+    Setting("max_name_length", "MAX_IMAGE_NAME_LENGTH", "max-name-length", "255", _positive_int,
+            "Longest repository name accepted."),
+    Setting("max_tag_length", "MAX_TAG_LENGTH", "max-tag-length", "128", _positive_int, "Longest tag accepted."),
+    Setting("data_dir", "NIXFORGE_DATA_DIR", "data-dir", "", str,
+            "Blob store and tag index ($STATE_DIRECTORY, else $XDG_DATA_HOME/nixforge)."),
+    Setting("refresh_interval", "NIXFORGE_REFRESH_INTERVAL", "refresh-interval", "300", _positive_float,
+            "Seconds before a moving tag (latest, a branch) is rebuilt in the background."),
+    Setting("max_builds", "NIXFORGE_MAX_BUILDS", "max-builds", "2", _positive_int, "Builds run at once."),
+    Setting("max_queued_builds", "NIXFORGE_MAX_QUEUED_BUILDS", "max-queued-builds", "16", _positive_int,
+            "Builds waiting for a slot before pulls get 429."),
+    Setting("max_layers", "NIXFORGE_MAX_LAYERS", "max-layers", "100", _layer_budget,
+            "Layer budget of an image assembled from a closure (at most 125)."),
+    Setting("nix_binary", "NIXFORGE_NIX", "nix", "nix", str, "The nix executable."),
+    Setting("nix_options", "NIXFORGE_NIX_OPTIONS", None, "", parse_nix_options,
+            "Extra Nix settings, NAME=VALUE separated by ';' (also --nix-option, repeatable)."),
+)
+
+
+@frozen
+class ForgeConfig:
+    """The registry's settings; build it with `from_sources`."""
+
+    log_level: str = "INFO"
+    host: str = "0.0.0.0"
+    port: int = 5000
+    endpoint: str = ""
+    flake: str = DEFAULT_FLAKE
+    build_timeout: float = 600.0
+    cache_size: int = 50
+    max_name_length: int = 255
+    max_tag_length: int = 128
+    data_dir: str = ""
+    refresh_interval: float = 300.0
+    max_builds: int = 2
+    max_queued_builds: int = 16
+    max_layers: int = 100
+    nix_binary: str = "nix"
+    nix_options: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_sources(
+        cls,
+        environ: Mapping[str, str],
+        options: Mapping[str, str | None] | None = None,
+        port: str | None = None,
+        nix_options: tuple[tuple[str, str], ...] = (),
+    ) -> ForgeConfig:
+        """Read every setting from `environ`, then apply twistd `options` (by option name) on top.
+
+        `port` is the --port value: a number (listen on FLASK_HOST) or any Twisted endpoint string.
+        Raises ConfigError naming the first bad value.
+        """
+        options = options or {}
+        values: dict[str, Any] = {}
+        for setting in SETTINGS:
+            text, source = environ.get(setting.variable), setting.variable
+            if setting.option is not None and options.get(setting.option) is not None:
+                text, source = options[setting.option], "--" + setting.option
+            if text is None or (text == "" and setting.parse is not str):
+                text, source = setting.default, None
+            try:
+                values[setting.attribute] = setting.parse(text)
+            except ValueError as error:
+                where = source or setting.variable
+                raise ConfigError(f"invalid {where}={text!r}: {error}") from None
+        values["nix_options"] = values["nix_options"] + tuple(nix_options)
+        values["data_dir"] = os.path.abspath(values["data_dir"] or default_data_dir(environ))
+        values["endpoint"] = _endpoint_for(values["host"], values["port"])
+        if port is not None:
+            if port.isdigit():
+                try:
+                    values["port"] = _port(port)
+                except ValueError as error:
+                    raise ConfigError(f"invalid --port={port!r}: {error}") from None
+                values["endpoint"] = _endpoint_for(values["host"], values["port"])
+            else:
+                values["endpoint"] = port
+        return cls(**values)
+
+    def replace(self, **changes: Any) -> ForgeConfig:
+        """A copy with some settings changed."""
+        return attrs.evolve(self, **changes)

@@ -1,0 +1,194 @@
+"""ImageService: resolve tags and digests to stored images, building on demand, one build per image."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from attrs import define, field
+from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from nixforge.errors import BlobUnknown, ForgeError, ManifestUnknown, NameUnknown, TooManyBuilds
+from nixforge.images.interfaces import BlobFile, IImageService
+from nixforge.images.manifest_cache import ManifestCache
+from nixforge.images.single_flight import SingleFlight
+from nixforge.images.targets import BuildTarget, flake_ref_for, is_immutable, target_for
+from nixforge.oci.documents import ImageManifests, ManifestDocument
+from nixforge.store.interfaces import IBlobStore, ITagIndex, TagRecord
+
+log = Logger()
+
+
+class Builder(Protocol):
+    """What the service needs of a builder (nixforge.images.builder.ImageBuilder)."""
+
+    async def build(self, target: BuildTarget, flake_ref: str, tag: str) -> ImageManifests: ...
+
+
+@implementer(IImageService)
+@define(eq=False)
+class ImageService:
+    """The registry's view of images: the tag index first, Nix when it has nothing fresh."""
+
+    reactor: IReactorTime
+    builder: Builder
+    store: IBlobStore
+    index: ITagIndex
+    run_in_thread: Callable[..., Deferred[Any]]
+    flake: str
+    refresh_interval: float = 300.0
+    max_builds: int = 2
+    max_queued_builds: int = 16
+    cache_size: int = 50
+    _flights: SingleFlight = field(factory=SingleFlight, init=False)
+    _slots: DeferredSemaphore = field(init=False)
+    _cache: ManifestCache = field(init=False)
+    _refresh_failed_at: dict[tuple[str, str], float] = field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._slots = DeferredSemaphore(self.max_builds)
+        self._cache = ManifestCache(self.cache_size)
+
+    # -- tags ---------------------------------------------------------------------------------
+
+    def resolve_tag(self, name: str, tag: str) -> Deferred[ImageManifests]:
+        """Both manifests of name:tag: from the index if fresh, else from a (shared) build."""
+        return ensureDeferred(self._resolve_tag(name, tag))
+
+    async def _resolve_tag(self, name: str, tag: str) -> ImageManifests:
+        target = target_for(name)
+        record = self.index.get(name, tag)
+        if record is not None:
+            try:
+                manifests = await self._load(record)
+            except ForgeError:
+                log.warn("stored image {name}:{tag} is incomplete; rebuilding", name=name, tag=tag)
+            else:
+                if self._is_stale(record):
+                    self._refresh_in_background(target, tag)
+                return manifests
+        return await self._flights.run((name, tag), lambda: ensureDeferred(self._build(target, tag)))
+
+    def _is_stale(self, record: TagRecord) -> bool:
+        if record.immutable:
+            return False
+        now = self.reactor.seconds()
+        failed_at = self._refresh_failed_at.get((record.name, record.tag), float("-inf"))
+        return (now - record.built_at >= self.refresh_interval
+                and now - failed_at >= self.refresh_interval)
+
+    def _refresh_in_background(self, target: BuildTarget, tag: str) -> None:
+        key = (target.name, tag)
+        if self._flights.running(key):
+            return
+        log.info("refreshing {name}:{tag} in the background", name=target.name, tag=tag)
+
+        def failed(reason: Failure) -> None:
+            self._refresh_failed_at[key] = self.reactor.seconds()
+            log.warn("background refresh of {name}:{tag} failed: {error}",
+                     name=target.name, tag=tag, error=reason.getErrorMessage())
+
+        self._flights.run(key, lambda: ensureDeferred(self._build(target, tag))).addErrback(failed)
+
+    async def _build(self, target: BuildTarget, tag: str) -> ImageManifests:
+        flake_ref = flake_ref_for(self.flake, tag)
+        if len(self._slots.waiting) >= self.max_queued_builds:
+            raise TooManyBuilds("too many builds queued; retry later", retry_after=30)
+        await self._slots.acquire()
+        started = self.reactor.seconds()
+        try:
+            log.info("build started {name}:{tag} from {flake}", name=target.name, tag=tag, flake=flake_ref)
+            manifests = await self.builder.build(target, flake_ref, tag)
+        except Exception as error:
+            log.info("build failed {name}:{tag}: {error}", name=target.name, tag=tag, error=error)
+            raise
+        finally:
+            self._slots.release()
+        record = TagRecord(
+            name=target.name,
+            tag=tag,
+            oci_digest=manifests.oci.digest,
+            docker_digest=manifests.docker.digest,
+            built_at=self.reactor.seconds(),
+            source=flake_ref,
+            immutable=is_immutable(tag),
+        )
+        await self.run_in_thread(self.index.put, record)
+        self._refresh_failed_at.pop((target.name, tag), None)
+        self._cache.add(manifests.oci, manifests.docker)
+        log.info("build finished {name}:{tag} in {seconds:.1f}s: {digest}", name=target.name, tag=tag,
+                 seconds=self.reactor.seconds() - started, digest=manifests.oci.digest)
+        return manifests
+
+    async def _load(self, record: TagRecord) -> ImageManifests:
+        oci = await self._document(record.oci_digest)
+        docker = await self._document(record.docker_digest)
+        self._cache.add(oci, docker)
+        return ImageManifests(oci=oci, docker=docker)
+
+    async def _document(self, digest: str) -> ManifestDocument:
+        cached = self._cache.get(digest)
+        if cached is not None:
+            return cached
+        body = await self.run_in_thread(self._read_manifest, digest)
+        media_type = json.loads(body).get("mediaType")
+        if not isinstance(media_type, str):
+            raise ManifestUnknown("stored manifest has no media type", {"digest": digest})
+        return ManifestDocument(media_type, body)
+
+    def _read_manifest(self, digest: str) -> bytes:
+        try:
+            return self.store.read(digest)
+        except BlobUnknown:
+            raise ManifestUnknown("manifest unknown", {"digest": digest}) from None
+
+    # -- digests ------------------------------------------------------------------------------
+
+    def manifest_by_digest(self, name: str, digest: str) -> Deferred[ManifestDocument]:
+        """The manifest of `name` with this digest, byte for byte as it was served by tag."""
+        return ensureDeferred(self._manifest_by_digest(name, digest))
+
+    async def _manifest_by_digest(self, name: str, digest: str) -> ManifestDocument:
+        if not self.index.has_manifest(name, digest):
+            raise ManifestUnknown("manifest unknown", {"name": name, "digest": digest})
+        document = await self._document(digest)
+        self._cache.add(document)
+        return document
+
+    def blob(self, name: str, digest: str) -> Deferred[BlobFile]:
+        """A stored blob of a repository this registry has built."""
+        if not self.index.tags(name):
+            return _failed(BlobUnknown("blob unknown to registry", {"name": name, "digest": digest}))
+        size = self.store.size(digest)
+        if size is None:
+            return _failed(BlobUnknown("blob unknown to registry", {"digest": digest}))
+        return succeed(BlobFile(digest=digest, size=size, opener=lambda: self.store.open(digest)))
+
+    # -- discovery ----------------------------------------------------------------------------
+
+    def tags(self, name: str) -> Deferred[list[str]]:
+        """The tags this registry has built for `name`."""
+        try:
+            target_for(name)
+        except NameUnknown as error:
+            return _failed(error)
+        tags = self.index.tags(name)
+        if not tags:
+            return _failed(NameUnknown(
+                "repository not built yet; pull <name>:latest to build it", {"name": name}))
+        return succeed(tags)
+
+    def repositories(self) -> Deferred[list[str]]:
+        """Every repository with at least one built tag."""
+        return succeed(self.index.names())
+
+
+def _failed(error: Exception) -> Deferred[Any]:
+    result: Deferred[Any] = Deferred()
+    result.errback(Failure(error))
+    return result

@@ -1,0 +1,181 @@
+"""`twistd nixforge`: command-line options and the service tree of the registry."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+from twisted.web.server import Site
+
+from nixforge import __version__, logs
+from nixforge.api.app import RegistryApi
+from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
+from nixforge.images.builder import ImageBuilder
+from nixforge.images.service import ImageService
+from nixforge.nix.client import NixClient
+from nixforge.oci.layer_cache import LayerCache
+from nixforge.store.filesystem import FilesystemBlobStore
+from nixforge.store.tag_index import FilesystemTagIndex
+
+log = Logger()
+
+
+def _help(option: str) -> str:
+    setting = next(s for s in SETTINGS if s.option == option)
+    default = setting.default or "see below"
+    return f"{setting.meaning} [env {setting.variable}, default {default}]"
+
+
+class Options(usage.Options):
+    """Options of `twistd nixforge`; each overrides its environment variable."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "An OCI registry that builds the images it serves with Nix. Every option can also be set by "
+        "its environment variable; an option given here wins. NIXFORGE_DATA_DIR defaults to "
+        "$STATE_DIRECTORY, else $XDG_DATA_HOME/nixforge (~/.local/share/nixforge)."
+    )
+    optParameters = [
+        ["port", "p", None,
+         "Port number, or a Twisted endpoint string such as tcp:5000:interface=127.0.0.1 or "
+         "ssl:5443:privateKey=key.pem:certKey=cert.pem [env FLASK_HOST and FLASK_PORT, default "
+         "tcp:5000:interface=0.0.0.0]"],
+        *([setting.option, None, None, _help(setting.option)]
+          for setting in SETTINGS if setting.option is not None),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["nix-options"] = []
+
+    def opt_nix_option(self, value: str) -> None:
+        """Pass `--option NAME VALUE` to every nix command; repeatable [env NIXFORGE_NIX_OPTIONS]."""
+        try:
+            self["nix-options"].extend(parse_nix_options(value))
+        except ValueError as error:
+            raise usage.UsageError(f"--nix-option: {error}") from None
+
+    def opt_version(self) -> None:
+        """Print the version and exit."""
+        print(f"nixforge {__version__}")
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        """Build the configuration; a bad value ends start-up here with one line on stderr."""
+        self.config = config_or_exit(os.environ, self, self["port"], tuple(self["nix-options"]))
+        logs.use_for_twistd(getattr(self, "parent", None), self.config.log_level)
+
+
+def config_or_exit(
+    environ: Mapping[str, str],
+    options: Mapping[str, Any] | None = None,
+    port: str | None = None,
+    nix_options: tuple[tuple[str, str], ...] = (),
+) -> ForgeConfig:
+    """Read the configuration and check the endpoint, or exit with a one-line error."""
+    try:
+        config = ForgeConfig.from_sources(environ, options, port, nix_options)
+        check_endpoint(config.endpoint)
+    except ConfigError as error:
+        raise SystemExit(f"nixforge: {error}") from None
+    return config
+
+
+def check_endpoint(description: str) -> None:
+    """Raise ConfigError unless `description` is an endpoint string Twisted can listen on."""
+    from twisted.internet import reactor
+
+    try:
+        endpoints.serverFromString(reactor, description)
+    except (ValueError, KeyError, TypeError, ImportError) as error:
+        raise ConfigError(f"invalid --port={description!r}: {error}") from None
+
+
+class _ListeningService(StreamServerEndpointService):
+    """Listen on the endpoint, fail start-up if that fails, and log the address really bound."""
+
+    _raiseSynchronously = True
+
+    def privilegedStartService(self) -> None:
+        super().privilegedStartService()
+        self._waitingForPort.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> Any:
+        address = port.getHost()
+        log.info("nixforge listening on {host}:{port}", host=getattr(address, "host", "?"),
+                 port=getattr(address, "port", "?"))
+        return port
+
+
+class _ThreadPoolService(Service):
+    """Own the worker threads that hash, compress and write blobs; stop them at shutdown."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.pool.stop()
+
+
+class _NixService(Service):
+    """Kill every running Nix build (its whole process group) when the registry stops."""
+
+    def __init__(self, nix: NixClient) -> None:
+        self.nix = nix
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.nix.stop()
+
+
+def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
+    """The whole registry as a MultiService: threads, Nix, and the HTTP listener."""
+    root = MultiService()
+    os.makedirs(config.data_dir, exist_ok=True)
+    pool = ThreadPool(minthreads=0, maxthreads=4, name="nixforge-blobs")
+    _ThreadPoolService(pool).setServiceParent(root)
+
+    def run_in_thread(function: Any, *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(reactor, pool, function, *args)
+
+    store = FilesystemBlobStore(config.data_dir)
+    index = FilesystemTagIndex(config.data_dir)
+    nix = NixClient(reactor=reactor, nix_binary=config.nix_binary, options=config.nix_options,
+                    timeout=config.build_timeout)
+    _NixService(nix).setServiceParent(root)
+    builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(os.path.join(config.data_dir, "layers")),
+                           run_in_thread=run_in_thread, max_layers=config.max_layers)
+    images = ImageService(
+        reactor=reactor, builder=builder, store=store, index=index, run_in_thread=run_in_thread,
+        flake=config.flake, refresh_interval=config.refresh_interval, max_builds=config.max_builds,
+        max_queued_builds=config.max_queued_builds, cache_size=config.cache_size,
+    )
+    api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
+                      max_tag_length=config.max_tag_length)
+    endpoint = endpoints.serverFromString(reactor, config.endpoint)
+    _ListeningService(endpoint, Site(api.resource())).setServiceParent(root)
+    log.info("nixforge {version}: flake {flake}, data in {data_dir}", version=__version__,
+             flake=config.flake, data_dir=config.data_dir)
+    return root
+
+
+def makeService(options: Options, reactor: Any = None) -> IService:
+    """twistd's entry point: the registry configured from the environment and the options."""
+    if reactor is None:
+        from twisted.internet import reactor
+    return make_registry(options.config, reactor)

@@ -1,0 +1,27 @@
+"""Packaging of nixforge: the package, its twistd plugin, and the test extras."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="nixforge",
+    version="0.1.0",
+    description="An OCI container registry that builds the images it serves on demand with Nix",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.11",
+    packages=[*find_packages(include=["nixforge", "nixforge.*"]), "twisted.plugins"],
+    package_data={"twisted.plugins": ["nixforge_plugin.py"]},
+    install_requires=[
+        "twisted>=24.7",
+        "klein>=24.8",
+        "treq>=24.9",
+        "attrs>=23.1",
+        "zope.interface>=6.0",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6"],
+    },
+)
