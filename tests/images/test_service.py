@@ -1,0 +1,197 @@
+"""ImageService: index first, one build per image, freshness, limits, digests and blobs."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
+
+from nixforge.errors import BlobUnknown, BuildFailed, ManifestUnknown, NameUnknown, TooManyBuilds
+from nixforge.images.interfaces import IImageService
+from nixforge.images.service import ImageService
+from nixforge.images.targets import BuildTarget
+from nixforge.oci.documents import ImageManifests, build_manifests
+from nixforge.oci.layer_writer import LayerWriter
+from nixforge.store.memory import MemoryBlobStore
+from nixforge.store.tag_index import MemoryTagIndex
+
+
+class FakeBuilder:
+    """Stores a one-layer image per build; each build waits until the test releases it."""
+
+    def __init__(self, store: MemoryBlobStore) -> None:
+        self.store = store
+        self.calls: list[tuple[str, str, str]] = []
+        self.pending: list[Deferred[None]] = []
+        self.fail_with: Exception | None = None
+
+    async def build(self, target: BuildTarget, flake_ref: str, tag: str) -> ImageManifests:
+        self.calls.append((target.name, flake_ref, tag))
+        gate: Deferred[None] = Deferred()
+        self.pending.append(gate)
+        await gate
+        if self.fail_with is not None:
+            raise self.fail_with
+        writer = LayerWriter(self.store)
+        writer.write(f"{target.name}:{tag}:{len(self.calls)}".encode())
+        layer = writer.close()
+        config_digest, config_size = self.store.put(b'{"rootfs":{}}')
+        manifests = build_manifests(config_digest, config_size, [layer])
+        self.store.put(manifests.oci.body)
+        self.store.put(manifests.docker.body)
+        return manifests
+
+    def release(self) -> None:
+        while self.pending:
+            self.pending.pop(0).callback(None)
+
+
+def make_service(**overrides: Any) -> tuple[ImageService, FakeBuilder, Clock]:
+    clock = Clock()
+    store = MemoryBlobStore()
+    builder = FakeBuilder(store)
+    settings: dict[str, Any] = {
+        "reactor": clock, "builder": builder, "store": store, "index": MemoryTagIndex(),
+        "run_in_thread": lambda f, *a: maybeDeferred(f, *a), "flake": "github:o/r",
+        "refresh_interval": 300.0, "max_builds": 2, "max_queued_builds": 2, "cache_size": 4,
+    }
+    settings.update(overrides)
+    return ImageService(**settings), builder, clock
+
+
+def result_of(deferred: Deferred[Any]) -> Any:
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "Deferred has not fired"
+    return results[0]
+
+
+def test_provides_the_interface() -> None:
+    service, _, _ = make_service()
+    assert verifyObject(IImageService, service)
+
+
+def test_concurrent_pulls_share_one_build_and_the_second_pull_is_served_from_the_index() -> None:
+    service, builder, _ = make_service()
+    pulls = [service.resolve_tag("hello", "latest") for _ in range(5)]
+    assert len(builder.calls) == 1
+    builder.release()
+    digests = {result_of(pull).oci.digest for pull in pulls}
+    assert len(digests) == 1
+    again = result_of(service.resolve_tag("hello", "latest"))
+    assert again.oci.digest in digests
+    assert len(builder.calls) == 1
+
+
+def test_a_cancelled_pull_does_not_cancel_the_build_for_others() -> None:
+    service, builder, _ = make_service()
+    first = service.resolve_tag("hello", "latest")
+    second = service.resolve_tag("hello", "latest")
+    first.cancel()
+    assert isinstance(result_of(first).value, CancelledError)
+    builder.release()
+    assert isinstance(result_of(second), ImageManifests)
+    assert service.index.get("hello", "latest") is not None
+
+
+def test_tags_map_to_git_refs() -> None:
+    service, builder, _ = make_service()
+    service.resolve_tag("packages/hello", "v1.0")
+    assert builder.calls == [("packages/hello", "github:o/r/v1.0", "v1.0")]
+
+
+def test_stale_latest_is_served_while_a_rebuild_runs_in_the_background() -> None:
+    service, builder, clock = make_service()
+    service.resolve_tag("hello", "latest")
+    builder.release()
+    old = service.index.get("hello", "latest")
+    clock.advance(301)
+    served = result_of(service.resolve_tag("hello", "latest"))
+    assert served.oci.digest == old.oci_digest
+    assert len(builder.calls) == 2
+    builder.release()
+    assert service.index.get("hello", "latest").oci_digest != old.oci_digest
+    assert service.index.has_manifest("hello", old.oci_digest)
+    assert result_of(service.manifest_by_digest("hello", old.oci_digest)).digest == old.oci_digest
+
+
+def test_commit_tags_are_never_rebuilt() -> None:
+    service, builder, clock = make_service()
+    commit = "a" * 40
+    service.resolve_tag("hello", commit)
+    builder.release()
+    clock.advance(10_000)
+    result_of(service.resolve_tag("hello", commit))
+    assert len(builder.calls) == 1
+
+
+def test_failed_background_refresh_keeps_the_old_image_and_backs_off() -> None:
+    service, builder, clock = make_service()
+    service.resolve_tag("hello", "latest")
+    builder.release()
+    clock.advance(301)
+    builder.fail_with = BuildFailed("broken", {"log": ["x"]})
+    result_of(service.resolve_tag("hello", "latest"))
+    builder.release()
+    result_of(service.resolve_tag("hello", "latest"))
+    assert len(builder.calls) == 2
+
+
+def test_build_failures_reach_the_client() -> None:
+    service, builder, _ = make_service()
+    pull = service.resolve_tag("hello", "latest")
+    builder.fail_with = BuildFailed("nix build failed", {"log": ["deliberate failure"]})
+    builder.release()
+    failure = result_of(pull)
+    assert failure.check(BuildFailed)
+    assert service.index.get("hello", "latest") is None
+
+
+def test_queue_limit_gives_too_many_builds() -> None:
+    service, builder, _ = make_service(max_builds=1, max_queued_builds=1)
+    service.resolve_tag("a", "latest")
+    service.resolve_tag("b", "latest")
+    third = result_of(service.resolve_tag("c", "latest"))
+    assert third.check(TooManyBuilds)
+    assert third.value.retry_after > 0
+    assert [call[0] for call in builder.calls] == ["a"]
+
+
+def test_unknown_names_and_digests() -> None:
+    service, builder, _ = make_service()
+    assert result_of(service.resolve_tag("library/hello", "latest")).check(NameUnknown)
+    assert result_of(service.manifest_by_digest("hello", "sha256:" + "0" * 64)).check(ManifestUnknown)
+    assert result_of(service.blob("hello", "sha256:" + "0" * 64)).check(BlobUnknown)
+    assert result_of(service.tags("hello")).check(NameUnknown)
+    assert builder.calls == []
+
+
+def test_blobs_tags_and_repositories_after_a_build() -> None:
+    service, builder, _ = make_service()
+    service.resolve_tag("hello", "latest")
+    builder.release()
+    manifests = result_of(service.resolve_tag("hello", "latest"))
+    assert result_of(service.tags("hello")) == ["latest"]
+    assert result_of(service.repositories()) == ["hello"]
+    document = result_of(service.manifest_by_digest("hello", manifests.docker.digest))
+    assert document.body == manifests.docker.body
+    assert result_of(service.manifest_by_digest("other", manifests.docker.digest)).check(ManifestUnknown)
+    layer = json.loads(manifests.oci.body)["layers"][0]
+    blob = result_of(service.blob("hello", layer["digest"]))
+    assert blob.size == layer["size"]
+    with blob.open() as stream:
+        assert len(stream.read()) == layer["size"]
+
+
+@pytest.mark.parametrize("cache_size", [1, 4])
+def test_manifests_survive_cache_eviction(cache_size: int) -> None:
+    service, builder, _ = make_service(cache_size=cache_size)
+    for name in ["a", "b", "c"]:
+        service.resolve_tag(name, "latest")
+        builder.release()
+    first = service.index.get("a", "latest")
+    assert result_of(service.manifest_by_digest("a", first.oci_digest)).digest == first.oci_digest

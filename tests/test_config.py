@@ -1,0 +1,72 @@
+"""Settings come from the environment with the documented defaults; twistd options win."""
+
+import pytest
+
+from nixforge.config import ConfigError, ForgeConfig
+from nixforge.tap import Options, config_or_exit
+
+
+def test_defaults() -> None:
+    config = ForgeConfig.from_sources({"HOME": "/home/u"})
+    assert config.log_level == "INFO"
+    assert config.endpoint == "tcp:5000:interface=0.0.0.0"
+    assert config.flake == "github:imincik/flake-forge"
+    assert config.build_timeout == 600
+    assert config.cache_size == 50
+    assert (config.max_name_length, config.max_tag_length) == (255, 128)
+    assert config.max_layers == 100
+
+
+def test_environment_is_read() -> None:
+    config = ForgeConfig.from_sources({
+        "LOG_LEVEL": "debug", "FLASK_HOST": "127.0.0.1", "FLASK_PORT": "8080", "GITHUB_REPO": "path:/srv/f",
+        "NIX_BUILD_TIMEOUT": "30", "CACHE_SIZE": "7", "MAX_IMAGE_NAME_LENGTH": "100", "MAX_TAG_LENGTH": "20",
+        "NIXFORGE_DATA_DIR": "/var/lib/forge", "NIXFORGE_NIX_OPTIONS": "substituters=; sandbox=false",
+    })
+    assert config.log_level == "DEBUG"
+    assert config.endpoint == "tcp:8080:interface=127.0.0.1"
+    assert config.flake == "path:/srv/f"
+    assert config.build_timeout == 30
+    assert (config.cache_size, config.max_name_length, config.max_tag_length) == (7, 100, 20)
+    assert config.data_dir == "/var/lib/forge"
+    assert config.nix_options == (("substituters", ""), ("sandbox", "false"))
+
+
+def test_options_override_environment() -> None:
+    options = Options()
+    options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", "--flake", "path:/x", "--build-timeout", "5",
+                          "--nix-option", "sandbox=false", "--data-dir", "/tmp/d", "--log-level", "warn"])
+    config = options.config
+    assert config.endpoint == "tcp:0:interface=127.0.0.1"
+    assert config.flake == "path:/x"
+    assert config.build_timeout == 5
+    assert ("sandbox", "false") in config.nix_options
+    assert config.data_dir == "/tmp/d"
+    assert config.log_level == "WARN"
+
+
+def test_numeric_port_listens_on_flask_host() -> None:
+    config = ForgeConfig.from_sources({"FLASK_HOST": "::1"}, port="5001")
+    assert config.endpoint == "tcp:5001:interface=\\:\\:1"
+
+
+def test_state_directory_is_the_default_data_dir() -> None:
+    assert ForgeConfig.from_sources({"STATE_DIRECTORY": "/var/lib/nixforge"}).data_dir == "/var/lib/nixforge"
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("NIX_BUILD_TIMEOUT", "soon"), ("NIX_BUILD_TIMEOUT", "-1"), ("CACHE_SIZE", "0"), ("FLASK_PORT", "70000"),
+    ("LOG_LEVEL", "LOUD"), ("GITHUB_REPO", "--impure"), ("GITHUB_REPO", "github:a/b#evil"),
+    ("FLASK_HOST", "a b"), ("NIXFORGE_MAX_LAYERS", "500"), ("NIXFORGE_NIX_OPTIONS", "no-equals"),
+])
+def test_bad_values_are_refused_with_one_line(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ForgeConfig.from_sources({variable: value})
+    assert variable in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_endpoint_exits_before_listening() -> None:
+    with pytest.raises(SystemExit) as caught:
+        config_or_exit({}, port="nonsense:1:2")
+    assert str(caught.value).startswith("nixforge: invalid --port")
