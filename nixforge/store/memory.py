@@ -1,0 +1,94 @@
+"""In-memory blob store (and a re-export of the in-memory tag index) for tests and experiments."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+
+from zope.interface import implementer
+
+from nixforge.errors import BlobUnknown, DigestInvalid
+from nixforge.store.interfaces import IBlobStore, IBlobWriter
+from nixforge.store.tag_index import MemoryTagIndex
+
+__all__ = ["MemoryBlobStore", "MemoryBlobWriter", "MemoryTagIndex"]
+
+
+@implementer(IBlobWriter)
+class MemoryBlobWriter:
+    """Collect bytes in memory; `commit` verifies and publishes them into the store's dict."""
+
+    def __init__(self, store: MemoryBlobStore) -> None:
+        self._store = store
+        self._buffer = io.BytesIO()
+        self._hash = hashlib.sha256()
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        """Append bytes, hashing them."""
+        if self._done:
+            raise ValueError("blob writer is already committed or aborted")
+        self._buffer.write(data)
+        self._hash.update(data)
+
+    def commit(self, expected_digest: str | None = None) -> tuple[str, int]:
+        """Verify against `expected_digest` if given, then publish; return `(digest, size)`."""
+        if self._done:
+            raise ValueError("blob writer is already committed or aborted")
+        self._done = True
+        digest = "sha256:" + self._hash.hexdigest()
+        data = self._buffer.getvalue()
+        self._buffer = io.BytesIO()
+        if expected_digest is not None and expected_digest != digest:
+            raise DigestInvalid(
+                "blob content does not match its digest",
+                {"expected": str(expected_digest)[:200], "actual": digest},
+            )
+        self._store._publish(digest, data)
+        return digest, len(data)
+
+    def abort(self) -> None:
+        """Drop the collected bytes; nothing becomes visible. Idempotent."""
+        self._done = True
+        self._buffer = io.BytesIO()
+
+
+@implementer(IBlobStore)
+class MemoryBlobStore:
+    """Blobs in a dict keyed by digest; thread-safe, never durable."""
+
+    def __init__(self) -> None:
+        self._blobs: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def _publish(self, digest: str, data: bytes) -> None:
+        """Make `data` visible under `digest` unless it already is."""
+        with self._lock:
+            self._blobs.setdefault(digest, data)
+
+    def size(self, digest: str) -> int | None:
+        """Return the blob's size, or None when absent."""
+        data = self._blobs.get(digest)
+        return None if data is None else len(data)
+
+    def open(self, digest: str) -> io.BytesIO:
+        """Return a BytesIO over the blob; BlobUnknown when absent."""
+        return io.BytesIO(self.read(digest))
+
+    def read(self, digest: str) -> bytes:
+        """Return the blob's bytes; BlobUnknown when absent."""
+        data = self._blobs.get(digest)
+        if data is None:
+            raise BlobUnknown("blob unknown to registry", {"digest": str(digest)[:200]})
+        return data
+
+    def writer(self) -> MemoryBlobWriter:
+        """Start writing a new blob."""
+        return MemoryBlobWriter(self)
+
+    def put(self, data: bytes) -> tuple[str, int]:
+        """Store bytes (idempotent); return `(digest, size)`."""
+        writer = self.writer()
+        writer.write(data)
+        return writer.commit()

@@ -1,0 +1,197 @@
+"""Contract tests run against both tag indexes, plus persistence and robustness of the filesystem one."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+from twisted.logger import capturedLogs
+from zope.interface.verify import verifyObject
+
+from nixforge.store.interfaces import ITagIndex, TagRecord
+from nixforge.store.tag_index import FilesystemTagIndex, MemoryTagIndex
+
+
+def digest(seed: str) -> str:
+    """Return a well-formed, recognisable sha256 digest."""
+    return "sha256:" + (seed.encode().hex() * 64)[:64]
+
+
+def record(name: str, tag: str, seed: str = "a", built_at: float = 1.5, **extra: object) -> TagRecord:
+    """Return a TagRecord whose digests derive from `seed`."""
+    return TagRecord(
+        name=name,
+        tag=tag,
+        oci_digest=digest("oci" + seed),
+        docker_digest=digest("docker" + seed),
+        built_at=built_at,
+        source="path:/flake#" + name,
+        **extra,
+    )
+
+
+@pytest.fixture(params=["filesystem", "memory"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> ITagIndex:
+    """Each tag index implementation, empty."""
+    if request.param == "filesystem":
+        return FilesystemTagIndex(str(tmp_path))
+    return MemoryTagIndex()
+
+
+# Contract, both implementations.
+
+
+def test_provides_interface(index: ITagIndex) -> None:
+    """The index provides ITagIndex."""
+    assert verifyObject(ITagIndex, index)
+
+
+def test_empty(index: ITagIndex) -> None:
+    """A new index knows nothing."""
+    assert index.get("hello", "latest") is None
+    assert index.tags("hello") == []
+    assert index.names() == []
+    assert not index.has_manifest("hello", digest("ocia"))
+
+
+def test_put_get(index: ITagIndex) -> None:
+    """A record put is returned for its (name, tag) only."""
+    hello = record("hello", "latest", immutable=True)
+    index.put(hello)
+    assert index.get("hello", "latest") == hello
+    assert index.get("hello", "v1") is None
+    assert index.get("other", "latest") is None
+
+
+def test_tags_and_names_sorted(index: ITagIndex) -> None:
+    """tags() and names() come back sorted, without duplicates."""
+    for name, tag in [("zsh", "latest"), ("applications/web/server", "v2"), ("hello", "v2"),
+                      ("hello", "latest"), ("hello", "V1"), ("hello", "latest"), ("bash", "1.0")]:
+        index.put(record(name, tag))
+    assert index.names() == ["applications/web/server", "bash", "hello", "zsh"]
+    assert index.tags("hello") == ["V1", "latest", "v2"]
+    assert index.tags("unknown") == []
+
+
+def test_has_manifest_keeps_history(index: ITagIndex) -> None:
+    """Both digests of current and superseded records count, for their own name only."""
+    index.put(record("hello", "latest", seed="1"))
+    index.put(record("hello", "latest", seed="2", built_at=9.0))
+    assert index.get("hello", "latest") == record("hello", "latest", seed="2", built_at=9.0)
+    for seed in "12":
+        assert index.has_manifest("hello", digest("oci" + seed))
+        assert index.has_manifest("hello", digest("docker" + seed))
+    assert not index.has_manifest("hello", digest("oci3"))
+    assert not index.has_manifest("other", digest("oci1"))
+
+
+# Filesystem index only.
+
+
+def test_survives_reopen(tmp_path: Path) -> None:
+    """Records, names, tags and the digest history are all there after a restart."""
+    first = FilesystemTagIndex(str(tmp_path))
+    first.put(record("hello", "latest", seed="old"))
+    first.put(record("hello", "latest", seed="new", immutable=True))
+    first.put(record("packages/hello", "abc123"))
+    first.put(record("applications/web/server", "v1", built_at=3))
+    again = FilesystemTagIndex(str(tmp_path))
+    assert again.get("hello", "latest") == record("hello", "latest", seed="new", immutable=True)
+    assert again.get("applications/web/server", "v1") == record("applications/web/server", "v1", built_at=3)
+    assert again.names() == ["applications/web/server", "hello", "packages/hello"]
+    assert again.tags("packages/hello") == ["abc123"]
+    assert again.has_manifest("hello", digest("ociold"))
+    assert again.has_manifest("hello", digest("dockerold"))
+    assert again.has_manifest("hello", digest("docker" + "new"))
+    assert not again.has_manifest("packages/hello", digest("ociold"))
+
+
+def test_files_are_flat_hashed_and_self_describing(tmp_path: Path) -> None:
+    """Names with slashes or dots create no subdirectories; the JSON holds the name and tag."""
+    index = FilesystemTagIndex(str(tmp_path))
+    index.put(record("../../escape/name", "..", seed="x"))
+    directory = tmp_path / "index"
+    assert sorted(p.name[:2] for p in tmp_path.rglob("*") if p.is_file()) == ["d-", "r-"]
+    assert all(p.parent == directory for p in tmp_path.rglob("*") if p.is_file())
+    saved = json.loads(Path(index.record_path("../../escape/name", "..")).read_text())
+    assert (saved["name"], saved["tag"], saved["oci_digest"]) == ("../../escape/name", "..", digest("ocix"))
+    assert FilesystemTagIndex(str(tmp_path)).get("../../escape/name", "..") is not None
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"{not json",
+        b"\xff\xfe\x00",
+        b"[" * 100000,
+        b"[]",
+        b'{"format": 1, "name": "hello"}',
+        b'{"format": 2, "name": "hello", "tag": "latest"}',
+    ],
+)
+def test_corrupt_record_is_skipped(tmp_path: Path, content: bytes) -> None:
+    """An unreadable record file is skipped with a warning; the others still load."""
+    index = FilesystemTagIndex(str(tmp_path))
+    index.put(record("hello", "latest"))
+    index.put(record("bash", "latest"))
+    Path(index.record_path("bash", "latest")).write_bytes(content)
+    with capturedLogs() as events:
+        again = FilesystemTagIndex(str(tmp_path))
+    assert again.get("hello", "latest") == record("hello", "latest")
+    assert again.get("bash", "latest") is None
+    assert again.names() == ["hello"]
+    warnings = [e for e in events if e["log_level"].name == "warn"]
+    assert [e["path"] for e in warnings] == [index.record_path("bash", "latest")]
+
+
+def test_wrong_field_types_are_skipped(tmp_path: Path) -> None:
+    """A record whose fields have the wrong types (a bool for a time, a number for a digest) is skipped."""
+    index = FilesystemTagIndex(str(tmp_path))
+    index.put(record("hello", "latest"))
+    path = Path(index.record_path("hello", "latest"))
+    good = json.loads(path.read_text())
+    for field, value in [("built_at", True), ("oci_digest", 7), ("immutable", "yes")]:
+        path.write_text(json.dumps({**good, field: value}))
+        with capturedLogs() as events:
+            assert FilesystemTagIndex(str(tmp_path)).get("hello", "latest") is None
+        assert any(e["log_level"].name == "warn" for e in events)
+
+
+def test_misplaced_record_is_skipped(tmp_path: Path) -> None:
+    """A record stored under another (name, tag)'s file name is not trusted."""
+    index = FilesystemTagIndex(str(tmp_path))
+    index.put(record("hello", "latest"))
+    os.rename(index.record_path("hello", "latest"), index.record_path("hello", "v9"))
+    with capturedLogs():
+        again = FilesystemTagIndex(str(tmp_path))
+    assert again.names() == []
+
+
+def test_corrupt_history_is_skipped(tmp_path: Path) -> None:
+    """A damaged history file loses only the superseded digests; current ones still count."""
+    index = FilesystemTagIndex(str(tmp_path))
+    index.put(record("hello", "latest", seed="1"))
+    index.put(record("hello", "latest", seed="2"))
+    Path(index.history_path("hello")).write_text('{"name": "hello", "digests": "oops"}')
+    with capturedLogs() as events:
+        again = FilesystemTagIndex(str(tmp_path))
+    assert any(e["log_level"].name == "warn" for e in events)
+    assert again.has_manifest("hello", digest("oci2"))
+    assert not again.has_manifest("hello", digest("oci1"))
+
+
+def test_stray_entries_do_not_stop_start_up(tmp_path: Path) -> None:
+    """Temporaries are removed; unknown files and directories are skipped with a warning."""
+    index = FilesystemTagIndex(str(tmp_path))
+    index.put(record("hello", "latest"))
+    directory = tmp_path / "index"
+    (directory / ".tmp-crashed").write_text('{"half')
+    (directory / "notes.txt").write_text("hi")
+    (directory / "r-subdir").mkdir()
+    with capturedLogs() as events:
+        again = FilesystemTagIndex(str(tmp_path))
+    assert again.get("hello", "latest") == record("hello", "latest")
+    assert not (directory / ".tmp-crashed").exists()
+    assert len([e for e in events if e["log_level"].name == "warn"]) == 2
