@@ -1,0 +1,119 @@
+"""Nix command lines (argv lists) and parsers for their JSON output, for Nix 2.8 and newer."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+
+from attrs import frozen
+
+STORE_PREFIX = "/nix/store/"
+
+# `-L` must come before `--log-format`: in Nix 2.8 `-L` itself selects a log format.
+_LOG_FLAGS = ("-L", "--log-format", "internal-json")
+
+
+class OutputInvalid(ValueError):
+    """Nix exited successfully but printed something we cannot use."""
+
+
+@frozen
+class StorePathInfo:
+    """One store path of a closure: its NAR size and the store paths it references."""
+
+    path: str
+    nar_size: int
+    references: tuple[str, ...]
+
+
+def _option_flags(options: Sequence[tuple[str, str]]) -> list[str]:
+    flags: list[str] = []
+    for name, value in options:
+        flags += ["--option", name, value]
+    return flags
+
+
+def build_argv(nix: str, installable: str, options: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """`nix build --json --no-link -L --log-format internal-json [--option k v]... -- INSTALLABLE`."""
+    return [nix, "build", "--json", "--no-link", *_LOG_FLAGS, *_option_flags(options), "--", installable]
+
+
+def eval_argv(
+    nix: str, installable: str, apply: str | None = None, options: Sequence[tuple[str, str]] = ()
+) -> list[str]:
+    """`nix eval --json [--apply EXPR] -L --log-format internal-json [--option k v]... -- INSTALLABLE`."""
+    apply_flags = ["--apply", apply] if apply is not None else []
+    return [nix, "eval", "--json", *apply_flags, *_LOG_FLAGS, *_option_flags(options), "--", installable]
+
+
+def path_info_argv(nix: str, path: str, options: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """`nix path-info -r --json -L --log-format internal-json [--option k v]... -- PATH`."""
+    return [nix, "path-info", "-r", "--json", *_LOG_FLAGS, *_option_flags(options), "--", path]
+
+
+def _load(stdout: bytes) -> object:
+    try:
+        return json.loads(stdout.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise OutputInvalid(f"nix printed invalid JSON: {e}") from e
+
+
+def _store_path(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.startswith(STORE_PREFIX) or "/" in value[len(STORE_PREFIX) :]:
+        raise OutputInvalid(f"{what} is not a store path: {value!r}")
+    return value
+
+
+def parse_eval_output(stdout: bytes) -> object:
+    """The value printed by `nix eval --json`."""
+    return _load(stdout)
+
+
+def parse_build_output(stdout: bytes) -> list[str]:
+    """Output paths from `nix build --json`: every output of every result, "out" first."""
+    results = _load(stdout)
+    if not isinstance(results, list):
+        raise OutputInvalid("nix build --json did not print a list")
+    paths: list[str] = []
+    for result in results:
+        outputs = result.get("outputs") if isinstance(result, dict) else None
+        if not isinstance(outputs, dict):
+            raise OutputInvalid("nix build --json printed a result without outputs")
+        for name in sorted(outputs, key=lambda name: (name != "out", name)):
+            path = _store_path(outputs[name], f"output {name!r}")
+            if path not in paths:
+                paths.append(path)
+    if not paths:
+        raise OutputInvalid("nix build --json printed no output paths")
+    return paths
+
+
+def _path_info(path: object, info: object) -> StorePathInfo:
+    checked = _store_path(path, "path-info entry")
+    if not isinstance(info, dict) or info.get("valid") is False:
+        raise OutputInvalid(f"{checked} is not a valid store path")
+    nar_size = info.get("narSize")
+    references = info.get("references", [])
+    if not isinstance(nar_size, int) or isinstance(nar_size, bool) or nar_size < 0:
+        raise OutputInvalid(f"{checked} has no valid narSize")
+    if not isinstance(references, list):
+        raise OutputInvalid(f"{checked} has no valid references")
+    return StorePathInfo(
+        path=checked,
+        nar_size=nar_size,
+        references=tuple(_store_path(ref, f"reference of {checked}") for ref in references),
+    )
+
+
+def parse_path_info(stdout: bytes) -> list[StorePathInfo]:
+    """Closure from `nix path-info -r --json`: a list with "path" (2.8) or a dict keyed by path (newer)."""
+    document = _load(stdout)
+    if isinstance(document, list):
+        infos = [_path_info(entry.get("path") if isinstance(entry, dict) else None, entry) for entry in document]
+    elif isinstance(document, dict):
+        infos = [_path_info(path, info) for path, info in document.items()]
+    else:
+        raise OutputInvalid("nix path-info --json printed neither a list nor an object")
+    if not infos:
+        raise OutputInvalid("nix path-info --json printed an empty closure")
+    return infos
