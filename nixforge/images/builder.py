@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ from nixforge.images.targets import BuildTarget
 from nixforge.nix.client import NixAttributeMissing, NixClient, NixError, NixRefUnknown, NixTimeout
 from nixforge.oci.closure_image import PackageMeta, assemble_closure_image
 from nixforge.oci.documents import ImageManifests
-from nixforge.oci.ingest import ingest_image
+from nixforge.oci.ingest import ingest_image, ingest_stream
 from nixforge.oci.layer_cache import LayerCache
 from nixforge.store.interfaces import IBlobStore
 
@@ -92,7 +93,13 @@ class ImageBuilder:
         return await self.run_in_thread(self._ingest, os.path.realpath(path), _labels(target, flake_ref))
 
     def _ingest(self, path: str, labels: dict[str, str]) -> ImageManifests:
-        """Worker thread: ingest a flake-built image and store both manifests."""
+        """Worker thread: ingest a flake-built image and store both manifests.
+
+        A streamLayeredImage output is a script that writes the docker-archive to stdout: it is run
+        (argv, no shell) and its output ingested as it streams.
+        """
+        if _is_script(path):
+            return self._stored(_ingest_script_output(self.store, path, labels))
         return self._stored(ingest_image(self.store, path, labels))
 
     def _assemble(self, closure: Any, meta: PackageMeta) -> ImageManifests:
@@ -105,6 +112,27 @@ class ImageBuilder:
         self.store.put(manifests.oci.body)
         self.store.put(manifests.docker.body)
         return manifests
+
+
+def _is_script(path: str) -> bool:
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        return False
+    with open(path, "rb") as stream:
+        return stream.read(2) == b"#!"
+
+
+def _ingest_script_output(store: IBlobStore, path: str, labels: dict[str, str]) -> ImageManifests:
+    """Run a streamLayeredImage script and ingest the archive it writes (worker thread)."""
+    with subprocess.Popen([path], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) as process:
+        assert process.stdout is not None
+        try:
+            manifests = ingest_stream(store, process.stdout, labels)
+        except BaseException:
+            process.kill()
+            raise
+        if process.wait() != 0:
+            raise BuildFailed("the image script failed", {"script": path, "status": process.returncode})
+    return manifests
 
 
 def _labels(target: BuildTarget, flake_ref: str) -> dict[str, str]:
