@@ -1,0 +1,46 @@
+"""The twistd plugin is found, and makeService wires a registry that listens where configured."""
+
+from pathlib import Path
+
+from twisted.application.service import IServiceMaker
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+
+from nixforge.config import ForgeConfig
+from nixforge.tap import Options, makeService
+
+
+def test_the_plugin_is_discoverable() -> None:
+    makers = {maker.tapname: maker for maker in getPlugins(IServiceMaker)}
+    assert "nixforge" in makers
+    assert makers["nixforge"].options is Options
+
+
+def test_make_service_listens_on_the_configured_endpoint(tmp_path: Path) -> None:
+    reactor = MemoryReactorClock()
+    options = Options()
+    options.parseOptions(["--port", "tcp:5123:interface=127.0.0.1", "--data-dir", str(tmp_path / "data"),
+                          "--flake", "path:/nonexistent"])
+    service = makeService(options, reactor)
+    service.startService()
+    try:
+        assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [(5123, "127.0.0.1")]
+        assert (tmp_path / "data" / "blobs" / "sha256").is_dir()
+    finally:
+        service.stopService()
+
+
+def test_numeric_port_uses_flask_host(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FLASK_HOST", "127.0.0.2")
+    monkeypatch.setenv("NIXFORGE_DATA_DIR", str(tmp_path))
+    options = Options()
+    options.parseOptions(["--port", "5124"])
+    assert options.config == ForgeConfig.from_sources(
+        {"FLASK_HOST": "127.0.0.2", "NIXFORGE_DATA_DIR": str(tmp_path)}, port="5124")
+    reactor = MemoryReactorClock()
+    service = makeService(options, reactor)
+    service.startService()
+    try:
+        assert reactor.tcpServers[0][0] == 5124 and reactor.tcpServers[0][3] == "127.0.0.2"
+    finally:
+        service.stopService()
