@@ -1,0 +1,98 @@
+"""A durable map from a layer's set of store paths to the stored blob that holds it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+from collections.abc import Iterable
+
+from twisted.logger import Logger
+
+from nixforge.oci.documents import LayerBlob
+from nixforge.store.interfaces import IBlobStore
+
+log = Logger()
+
+FORMAT_VERSION = "nixforge-closure-layer-v1"
+"""Bump when the tar or gzip bytes of a layer change, so old entries are no longer used."""
+
+
+def layer_key(paths: Iterable[str], version: str = FORMAT_VERSION) -> str:
+    """Return the cache key of a layer: sha256 hex of the format version and the sorted paths."""
+    text = "\n".join([version, *sorted(set(paths))])
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _fsync_directory(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LayerCache:
+    """Layer key -> LayerBlob, one JSON file per key under `root`, kept in memory too.
+
+    Thread-safe. `get` answers only when the blob is still in the store, so a layer that was
+    stored once is never written again, and one whose blob was lost is rebuilt.
+    """
+
+    def __init__(self, root: str) -> None:
+        self._root = root
+        self._memory: dict[str, LayerBlob] = {}
+        self._lock = threading.Lock()
+        os.makedirs(root, exist_ok=True)
+
+    def _file(self, key: str) -> str:
+        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+            raise ValueError(f"not a layer key: {key!r}")
+        return os.path.join(self._root, key + ".json")
+
+    def _load(self, key: str) -> LayerBlob | None:
+        try:
+            with open(self._file(key), "rb") as file:
+                data = json.loads(file.read())
+            return LayerBlob(str(data["digest"]), int(data["size"]), str(data["diff_id"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warn("ignoring unreadable layer cache entry {key}: {error}", key=key, error=str(error))
+            return None
+
+    def get(self, key: str, store: IBlobStore) -> LayerBlob | None:
+        """Return the cached layer if its blob is in `store`, else None."""
+        with self._lock:
+            blob = self._memory.get(key)
+        if blob is None:
+            blob = self._load(key)
+            if blob is not None:
+                with self._lock:
+                    self._memory[key] = blob
+        if blob is None or store.size(blob.digest) is None:
+            return None
+        return blob
+
+    def put(self, key: str, blob: LayerBlob) -> None:
+        """Record `blob` for `key` durably (temp file, fsync, rename, fsync of the directory)."""
+        body = json.dumps({"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id}, sort_keys=True)
+        target = self._file(key)
+        fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self._root)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(body.encode())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temp, target)
+        except BaseException:
+            try:
+                os.unlink(temp)
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_directory(self._root)
+        with self._lock:
+            self._memory[key] = blob
