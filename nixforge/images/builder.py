@@ -104,9 +104,11 @@ class ImageBuilder:
 
     def _assemble(self, closure: Any, meta: PackageMeta) -> ImageManifests:
         """Worker thread: assemble an image from a closure and store both manifests."""
-        return self._stored(
-            assemble_closure_image(self.store, self.layer_cache, closure, meta, self.max_layers)
-        )
+        try:
+            manifests = assemble_closure_image(self.store, self.layer_cache, closure, meta, self.max_layers)
+        except (ValueError, OSError) as error:
+            raise BuildFailed("cannot assemble the image from the closure", {"error": str(error)}) from error
+        return self._stored(manifests)
 
     def _stored(self, manifests: ImageManifests) -> ImageManifests:
         self.store.put(manifests.oci.body)

@@ -17,7 +17,7 @@ class ManifestCache:
 
     def add(self, *documents: ManifestDocument) -> None:
         """Remember the documents of one image as the most recently used."""
-        key = documents[0].digest
+        key = " ".join(document.digest for document in documents)
         self._images[key] = documents
         self._images.move_to_end(key)
         for document in documents:

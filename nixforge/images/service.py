@@ -156,6 +156,9 @@ class ImageService:
     async def _manifest_by_digest(self, name: str, digest: str) -> ManifestDocument:
         if not self.index.has_manifest(name, digest):
             raise ManifestUnknown("manifest unknown", {"name": name, "digest": digest})
+        cached = self._cache.get(digest)
+        if cached is not None:
+            return cached
         document = await self._document(digest)
         self._cache.add(document)
         return document

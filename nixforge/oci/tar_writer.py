@@ -5,12 +5,13 @@ mode normalised the way the Nix store has it: directories 0555, files 0444 or 05
 bit kept as all three), symlinks 0777 with their target unchanged. Entries are sorted byte-wise on
 their names, so parents precede children and equal inputs give equal bytes. PAX extended headers
 appear only where ustar cannot hold a value (long or non-ASCII names and link targets, files of
-8 GiB or more) and carry only those values. Two names of one inode within the layer become a file
-and a hard-link entry to it (the first name in sort order holds the data). File contents are
+8 GiB or more) and carry only those values. Two names of one inode within one store path become a
+file and a hard-link entry to it (the first name in sort order holds the data). File contents are
 streamed in chunks, never held whole in memory.
 
-Hard links in a Nix store come from store optimisation (`auto-optimise-store`), which is host
-state: a layer holding them differs from the same paths written from a non-optimised store.
+Hard links across store paths come from store optimisation (`auto-optimise-store`), which is host
+state: they are written as separate files, so a layer does not depend on whether its host optimised
+its store. (Optimisation can also link identical files inside one path; such a layer still differs.)
 """
 
 from __future__ import annotations
@@ -156,16 +157,18 @@ def write_store_paths(
     tar = TarStream(sink, chunk_size)
     tar.add_directory("nix")
     tar.add_directory(IMAGE_STORE_DIR)
-    entries: list[tuple[bytes, bytes, os.stat_result]] = []
+    entries: list[tuple[bytes, bytes, os.stat_result, bytes]] = []
     for base in {os.fsencode(image_name(path, store_dir)) for path in paths}:
         root = os.path.join(os.fsencode(store_dir), base)
         prefix = os.fsencode(IMAGE_STORE_DIR) + b"/" + base
         for relative, info in _tree(root):
             name = prefix + b"/" + relative if relative else prefix
-            entries.append((name, os.path.join(root, relative) if relative else root, info))
+            entries.append((name, os.path.join(root, relative) if relative else root, info, base))
     entries.sort(key=lambda entry: entry[0])
-    first_name: dict[tuple[int, int], str] = {}
-    for raw_name, host, info in entries:
+    # Hard links are kept within one store path only: links across paths are what `nix-store
+    # --optimise` makes on some machines, and would make a layer's bytes depend on the machine.
+    first_name: dict[tuple[bytes, int, int], str] = {}
+    for raw_name, host, info, base in entries:
         name = os.fsdecode(raw_name)
         mode = info.st_mode
         if stat.S_ISDIR(mode):
@@ -173,7 +176,7 @@ def write_store_paths(
         elif stat.S_ISLNK(mode):
             tar.add_symlink(name, os.fsdecode(os.readlink(host)))
         elif stat.S_ISREG(mode):
-            inode = (info.st_dev, info.st_ino)
+            inode = (base, info.st_dev, info.st_ino)
             if info.st_nlink > 1 and inode in first_name:
                 tar.add_hardlink(name, first_name[inode])
                 continue

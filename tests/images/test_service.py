@@ -195,3 +195,14 @@ def test_manifests_survive_cache_eviction(cache_size: int) -> None:
         builder.release()
     first = service.index.get("a", "latest")
     assert result_of(service.manifest_by_digest("a", first.oci_digest)).digest == first.oci_digest
+
+
+def test_a_manifest_fetched_by_digest_then_its_image_by_tag() -> None:
+    service, builder, _ = make_service()
+    service.resolve_tag("hello", "latest")
+    builder.release()
+    record = service.index.get("hello", "latest")
+    for _ in range(2):
+        assert result_of(service.manifest_by_digest("hello", record.oci_digest)).digest == record.oci_digest
+        both = result_of(service.resolve_tag("hello", "latest"))
+        assert (both.oci.digest, both.docker.digest) == (record.oci_digest, record.docker_digest)

@@ -1,0 +1,112 @@
+"""Map domain errors and HTTP-level failures to OCI error responses (status, headers, JSON body)."""
+
+from __future__ import annotations
+
+import json
+
+from attrs import field, frozen
+
+from nixforge.errors import (
+    BlobUnknown,
+    BuildFailed,
+    BuildTimedOut,
+    DigestInvalid,
+    ForgeError,
+    ManifestUnknown,
+    NameInvalid,
+    NameUnknown,
+    TagInvalid,
+    TooManyBuilds,
+)
+
+STATUS_BY_CODE: dict[str, int] = {
+    "NAME_INVALID": 400,
+    "TAG_INVALID": 400,
+    "DIGEST_INVALID": 400,
+    "MANIFEST_INVALID": 400,
+    "SIZE_INVALID": 400,
+    "PAGINATION_NUMBER_INVALID": 400,
+    "UNAUTHORIZED": 401,
+    "DENIED": 403,
+    "NAME_UNKNOWN": 404,
+    "MANIFEST_UNKNOWN": 404,
+    "BLOB_UNKNOWN": 404,
+    "UNSUPPORTED": 405,
+    "RANGE_INVALID": 416,
+    "TOOMANYREQUESTS": 429,
+    "UNKNOWN": 500,
+    "UNAVAILABLE": 503,
+}
+
+_CODE_BY_TYPE: tuple[tuple[type[ForgeError], str], ...] = (
+    (NameInvalid, "NAME_INVALID"),
+    (TagInvalid, "TAG_INVALID"),
+    (DigestInvalid, "DIGEST_INVALID"),
+    (NameUnknown, "NAME_UNKNOWN"),
+    (ManifestUnknown, "MANIFEST_UNKNOWN"),
+    (BlobUnknown, "BLOB_UNKNOWN"),
+)
+
+
+@frozen
+class ErrorResponse:
+    """One OCI error response: status, extra headers and the single error it reports."""
+
+    status: int
+    code: str
+    message: str
+    detail: object = None
+    headers: dict[str, str] = field(factory=dict)
+
+    def body(self) -> bytes:
+        """Return the JSON body `{"errors":[{"code","message","detail"}]}`."""
+        error = {"code": self.code, "message": self.message, "detail": self.detail}
+        return json.dumps({"errors": [error]}, default=str).encode()
+
+
+class HttpError(Exception):
+    """An error raised by the HTTP layer itself (pagination, ranges, routing)."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        detail: object = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.response = ErrorResponse(
+            status=STATUS_BY_CODE[code] if status is None else status,
+            code=code,
+            message=message,
+            detail=detail,
+            headers=dict(headers or {}),
+        )
+
+
+def error_response(error: BaseException) -> ErrorResponse | None:
+    """Return the response for an expected error, or None if it is unexpected (a bug: log it)."""
+    if isinstance(error, HttpError):
+        return error.response
+    if isinstance(error, TooManyBuilds):
+        return ErrorResponse(
+            status=429,
+            code="TOOMANYREQUESTS",
+            message=error.message,
+            detail=error.detail,
+            headers={"Retry-After": str(max(0, int(error.retry_after)))},
+        )
+    if isinstance(error, BuildTimedOut):
+        return ErrorResponse(504, "UNKNOWN", f"build timed out: {error.message}", error.detail)
+    if isinstance(error, BuildFailed):
+        return ErrorResponse(500, "UNKNOWN", f"build failed: {error.message}", error.detail)
+    for error_type, code in _CODE_BY_TYPE:
+        if isinstance(error, error_type):
+            return ErrorResponse(STATUS_BY_CODE[code], code, error.message, error.detail)
+    if isinstance(error, ForgeError):
+        return ErrorResponse(500, "UNKNOWN", error.message, error.detail)
+    return None
+
+
+INTERNAL_ERROR = ErrorResponse(500, "UNKNOWN", "internal server error")

@@ -1,0 +1,148 @@
+"""Blob routes of RegistryApi: full GET, HEAD, conditional requests and byte ranges."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from twisted.internet import task
+from twisted.internet.task import Clock
+
+from nixforge.api import RegistryApi
+from nixforge.api.blob_sender import CHUNK_SIZE
+
+from .fake_images import FakeImageService, StubClient
+
+DATA = bytes(range(256)) * 3 + b"tail"  # 772 bytes
+SIZE = len(DATA)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(task, "_theCooperator", task.Cooperator(scheduler=lambda f: clock.callLater(0, f)))
+    return clock
+
+
+@pytest.fixture
+def images() -> FakeImageService:
+    return FakeImageService()
+
+
+@pytest.fixture
+def client(images: FakeImageService, clock: Clock) -> StubClient:
+    return StubClient(RegistryApi(images, clock).resource(), clock)
+
+
+@pytest.fixture
+def digest(images: FakeImageService) -> str:
+    return images.add_blob("lib/hello", DATA)
+
+
+def header(response: object, name: str) -> str | None:
+    values = response.headers.getRawHeaders(name)  # type: ignore[attr-defined]
+    return values[0] if values else None
+
+
+def test_get_blob(client: StubClient, images: FakeImageService, digest: str) -> None:
+    response, body = client.request("GET", f"/v2/lib/hello/blobs/{digest}")
+    assert response.code == 200
+    assert body == DATA
+    assert response.length == SIZE
+    assert header(response, "Content-Type") == "application/octet-stream"
+    assert header(response, "Docker-Content-Digest") == digest
+    assert header(response, "Accept-Ranges") == "bytes"
+    assert header(response, "ETag") == f'"{digest}"'
+    assert header(response, "Docker-Distribution-API-Version") == "registry/2.0"
+    [opened] = images.opened
+    assert opened.closed
+
+
+def test_get_large_blob_reads_chunk_by_chunk(client: StubClient, images: FakeImageService) -> None:
+    data = bytes(range(256)) * 1000  # 256000 bytes: three full chunks and a partial one
+    digest = images.add_blob("big", data)
+    _, body = client.request("GET", f"/v2/big/blobs/{digest}")
+    assert body == data
+    [opened] = images.opened
+    assert opened.reads == [CHUNK_SIZE] * 3 + [len(data) - 3 * CHUNK_SIZE]
+    assert opened.closed
+
+
+def test_get_empty_blob(client: StubClient, images: FakeImageService) -> None:
+    digest = images.add_blob("empty", b"")
+    response, body = client.request("GET", f"/v2/empty/blobs/{digest}")
+    assert response.code == 200
+    assert body == b""
+    assert response.length == 0
+    assert all(opened.closed for opened in images.opened)
+
+
+def test_head_blob_does_not_read(client: StubClient, images: FakeImageService, digest: str) -> None:
+    response, body = client.request("HEAD", f"/v2/lib/hello/blobs/{digest}", {"Range": ["bytes=0-1"]})
+    assert response.code == 200
+    assert body == b""
+    assert header(response, "Content-Length") == str(SIZE)
+    assert header(response, "Docker-Content-Digest") == digest
+    assert header(response, "Accept-Ranges") == "bytes"
+    assert images.opened == []
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_blob_not_modified(client: StubClient, images: FakeImageService, digest: str, method: str) -> None:
+    response, body = client.request(method, f"/v2/lib/hello/blobs/{digest}", {"If-None-Match": [f'"{digest}"']})
+    assert response.code == 304
+    assert body == b""
+    assert images.opened == []
+
+
+@pytest.mark.parametrize(
+    ("range_header", "first", "last"),
+    [
+        ("bytes=0-0", 0, 0),
+        ("bytes=10-19", 10, 19),
+        ("bytes=700-", 700, SIZE - 1),
+        ("bytes=-4", SIZE - 4, SIZE - 1),
+        ("bytes=-5000", 0, SIZE - 1),
+        ("bytes=100-99999", 100, SIZE - 1),
+        (f"bytes={SIZE - 1}-", SIZE - 1, SIZE - 1),
+    ],
+)
+def test_range(
+    client: StubClient, images: FakeImageService, digest: str, range_header: str, first: int, last: int
+) -> None:
+    response, body = client.request("GET", f"/v2/lib/hello/blobs/{digest}", {"Range": [range_header]})
+    assert response.code == 206
+    assert body == DATA[first : last + 1]
+    assert response.length == last - first + 1
+    assert header(response, "Content-Range") == f"bytes {first}-{last}/{SIZE}"
+    assert header(response, "Docker-Content-Digest") == digest
+    assert all(opened.closed for opened in images.opened)
+
+
+@pytest.mark.parametrize("range_header", [f"bytes={SIZE}-", "bytes=5000-6000", "bytes=-0"])
+def test_unsatisfiable_range(client: StubClient, images: FakeImageService, digest: str, range_header: str) -> None:
+    response, body = client.request("GET", f"/v2/lib/hello/blobs/{digest}", {"Range": [range_header]})
+    assert response.code == 416
+    assert header(response, "Content-Range") == f"bytes */{SIZE}"
+    assert header(response, "Content-Type") == "application/json"
+    assert header(response, "Docker-Distribution-API-Version") == "registry/2.0"
+    assert json.loads(body)["errors"][0]["code"] == "RANGE_INVALID"
+    assert images.opened == []
+
+
+@pytest.mark.parametrize("range_header", ["bytes=0-1,5-9", "bytes=9-2", "bytes=abc", "items=0-1", "bytes=", "bytes=-"])
+def test_ignored_range_sends_everything(
+    client: StubClient, images: FakeImageService, digest: str, range_header: str
+) -> None:
+    response, body = client.request("GET", f"/v2/lib/hello/blobs/{digest}", {"Range": [range_header]})
+    assert response.code == 200
+    assert body == DATA
+    assert header(response, "Content-Range") is None
+
+
+def test_blob_of_another_repository_is_unknown(client: StubClient, images: FakeImageService, digest: str) -> None:
+    images.repos.add("other")
+    response, body = client.request("GET", f"/v2/other/blobs/{digest}")
+    assert response.code == 404
+    assert json.loads(body)["errors"][0]["code"] == "BLOB_UNKNOWN"
+    assert header(response, "Docker-Content-Digest") is None

@@ -1,0 +1,179 @@
+"""RegistryApi behind a real Site on 127.0.0.1: HEAD lengths, full streaming, and client disconnects."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.logger import globalLogPublisher
+from twisted.python.failure import Failure
+from twisted.web.server import Request, Site
+
+from nixforge.api import RegistryApi
+
+from .fake_images import FakeImageService, TrackedFile
+
+BIG = 20 * 1024 * 1024
+BIG_DIGEST = "sha256:" + "b" * 64
+
+
+class RawClient(Protocol):
+    """Send raw request bytes; collect the response; optionally abort after `abort_after` bytes."""
+
+    def __init__(self, request: bytes, abort_after: int | None = None) -> None:
+        self.request = request
+        self.abort_after = abort_after
+        self.received = bytearray()
+        self.closed: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.abort_after is not None and len(self.received) >= self.abort_after:
+            self.abort_after = None
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure) -> None:
+        self.closed.callback(bytes(self.received))
+
+
+class RecordingSite(Site):
+    """A Site that remembers its requests."""
+
+    def __init__(self, resource: object) -> None:
+        super().__init__(resource)
+        self.requests: list[Request] = []
+        site = self
+
+        class _Request(Request):
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                super().__init__(*args, **kwargs)
+                site.requests.append(self)
+
+        self.requestFactory = _Request
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> FakeImageService:
+    images = FakeImageService()
+    path = tmp_path / "big.blob"
+    with path.open("wb") as file:
+        chunk = bytes(range(256)) * 4096  # 1 MiB
+        for _ in range(BIG // len(chunk)):
+            file.write(chunk)
+    images.add_blob_file("big", path, BIG_DIGEST)
+    images.add_image("hello", "latest")
+    return images
+
+
+@pytest.fixture
+def site(images: FakeImageService):
+    site = RecordingSite(RegistryApi(images, reactor).resource())
+    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    site.port_number = port.getHost().port
+    yield site
+    port.stopListening()
+
+
+@pytest.fixture
+def failures():
+    captured: list[dict] = []
+
+    def observer(event: dict) -> None:
+        if "log_failure" in event:
+            captured.append(event)
+
+    globalLogPublisher.addObserver(observer)
+    yield captured
+    globalLogPublisher.removeObserver(observer)
+
+
+async def exchange(site: RecordingSite, request: bytes, abort_after: int | None = None) -> tuple[RawClient, bytes]:
+    client = RawClient(request, abort_after)
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", site.port_number), client)
+    data = await client.closed.addTimeout(30, reactor)
+    return client, data
+
+
+def split_response(data: bytes) -> tuple[str, dict[str, str], bytes]:
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        headers[key.strip().lower()] = value.strip()
+    return status, headers, body
+
+
+def http_request(method: str, path: str) -> bytes:
+    return f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_blob_reports_the_real_length(site: RecordingSite, images: FakeImageService) -> None:
+    _, data = await exchange(site, http_request("HEAD", f"/v2/big/blobs/{BIG_DIGEST}"))
+    status, headers, body = split_response(data)
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["content-length"] == str(BIG)
+    assert headers["docker-content-digest"] == BIG_DIGEST
+    assert headers["docker-distribution-api-version"] == "registry/2.0"
+    assert "transfer-encoding" not in headers
+    assert body == b""
+    assert images.opened == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_manifest_reports_the_real_length(site: RecordingSite, images: FakeImageService) -> None:
+    manifests = images.images[("hello", "latest")]
+    _, data = await exchange(site, http_request("HEAD", "/v2/hello/manifests/latest"))
+    status, headers, body = split_response(data)
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["content-length"] == str(len(manifests.oci.body))
+    assert headers["docker-content-digest"] == manifests.oci.digest
+    assert body == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_big_blob_streams_it_all(site: RecordingSite, images: FakeImageService, failures: list[dict]) -> None:
+    _, data = await exchange(site, http_request("GET", f"/v2/big/blobs/{BIG_DIGEST}"))
+    status, headers, body = split_response(data)
+    assert status == "HTTP/1.1 200 OK"
+    assert headers["content-length"] == str(BIG)
+    assert len(body) == BIG
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(bytes(range(256)) * (BIG // 256)).hexdigest()
+    [opened] = images.opened
+    assert opened.closed
+    assert max(opened.reads) == 64 * 1024
+    assert failures == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_disconnect_mid_blob_closes_the_file(
+    site: RecordingSite, images: FakeImageService, failures: list[dict]
+) -> None:
+    file_closed: Deferred[None] = Deferred()
+    original_track = images._track
+
+    def track(inner):  # type: ignore[no-untyped-def]
+        tracked: TrackedFile = original_track(inner)  # type: ignore[assignment]
+        tracked.on_close.append(lambda: reactor.callLater(0, file_closed.callback, None))
+        return tracked
+
+    images._track = track  # type: ignore[method-assign]
+    _, data = await exchange(site, http_request("GET", f"/v2/big/blobs/{BIG_DIGEST}"), abort_after=100_000)
+    assert len(data) < BIG
+    await file_closed.addTimeout(10, reactor)
+    [opened] = images.opened
+    assert opened.closed
+    assert opened.bytes_read < BIG
+    [request] = site.requests
+    assert request.producer is None
+    assert failures == []
