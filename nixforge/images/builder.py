@@ -40,11 +40,18 @@ class ImageBuilder:
     max_layers: int = 100
 
     async def build(self, target: BuildTarget, flake_ref: str, tag: str) -> ImageManifests:
-        """Build `target` from `flake_ref`, store its blobs and both manifests, and return them."""
+        """Build `target` from `flake_ref`, store its blobs and both manifests, and return them.
+
+        The flake is locked first (`nix flake metadata`), and every later nix command uses the
+        locked reference, so one image comes from one revision even while a branch moves.
+        """
         try:
+            metadata = await self.nix.metadata(flake_ref)
+            locked = metadata.get("url") if isinstance(metadata.get("url"), str) else flake_ref
+            labels = _labels(target, flake_ref, metadata)
             if target.kind == "application":
-                return await self._application(target, flake_ref)
-            return await self._package(target, flake_ref)
+                return await self._application(target, locked, labels)
+            return await self._package(target, locked, labels)
         except NixAttributeMissing as error:
             raise NameUnknown(
                 "the flake has no such package", {"name": target.name, "flake": flake_ref}
@@ -62,12 +69,11 @@ class ImageBuilder:
         except NixError as error:
             raise BuildFailed("nix build failed", {"log": error.log_tail}) from error
 
-    async def _package(self, target: BuildTarget, flake_ref: str) -> ImageManifests:
+    async def _package(self, target: BuildTarget, flake_ref: str, labels: dict[str, str]) -> ImageManifests:
         installable = f"{flake_ref}#{target.attribute}"
         probe = await self.nix.eval_json(installable, apply=PACKAGE_PROBE)
         if not isinstance(probe, dict):
             raise BuildFailed("unexpected answer from nix eval", {"answer": repr(probe)[:200]})
-        labels = _labels(target, flake_ref)
         if probe.get("hasImage"):
             outputs = await self.nix.build(installable + ".image")
             return await self.run_in_thread(self._ingest, outputs[0], labels)
@@ -81,7 +87,7 @@ class ImageBuilder:
         )
         return await self.run_in_thread(self._assemble, closure, meta)
 
-    async def _application(self, target: BuildTarget, flake_ref: str) -> ImageManifests:
+    async def _application(self, target: BuildTarget, flake_ref: str, labels: dict[str, str]) -> ImageManifests:
         outputs = await self.nix.build(f"{flake_ref}#{target.attribute}.containers")
         assert target.image_file is not None
         path = os.path.join(outputs[0], target.image_file)
@@ -90,7 +96,7 @@ class ImageBuilder:
                 "the application has no such container image",
                 {"name": target.name, "file": target.image_file},
             )
-        return await self.run_in_thread(self._ingest, os.path.realpath(path), _labels(target, flake_ref))
+        return await self.run_in_thread(self._ingest, os.path.realpath(path), labels)
 
     def _ingest(self, path: str, labels: dict[str, str]) -> ImageManifests:
         """Worker thread: ingest a flake-built image and store both manifests.
@@ -137,9 +143,14 @@ def _ingest_script_output(store: IBlobStore, path: str, labels: dict[str, str]) 
     return manifests
 
 
-def _labels(target: BuildTarget, flake_ref: str) -> dict[str, str]:
-    """OCI annotations/labels that say where an image came from."""
-    return {
+def _labels(target: BuildTarget, flake_ref: str, metadata: dict[str, object]) -> dict[str, str]:
+    """OCI annotations/labels that say where an image came from (the revision when git-locked)."""
+    labels = {
         "org.opencontainers.image.source": flake_ref,
         "org.opencontainers.image.title": target.name,
     }
+    locked = metadata.get("locked")
+    revision = metadata.get("revision") or (locked.get("rev") if isinstance(locked, dict) else None)
+    if isinstance(revision, str):
+        labels["org.opencontainers.image.revision"] = revision
+    return labels

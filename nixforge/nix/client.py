@@ -16,8 +16,10 @@ from nixforge.nix.commands import (
     StorePathInfo,
     build_argv,
     eval_argv,
+    metadata_argv,
     parse_build_output,
     parse_eval_output,
+    parse_metadata_output,
     parse_path_info,
     path_info_argv,
 )
@@ -134,6 +136,10 @@ class NixClient:
     def closure(self, path: str) -> Deferred[list[StorePathInfo]]:
         """Fire with every store path of the closure of `path`, with sizes and references."""
         return self._run(path_info_argv(self.nix_binary, path, self.options), parse_path_info)
+
+    def metadata(self, flake_ref: str) -> Deferred[dict[str, object]]:
+        """Fetch and lock `flake_ref`; fire with `nix flake metadata --json` (locked `url`, `revision`)."""
+        return self._run(metadata_argv(self.nix_binary, flake_ref, self.options), parse_metadata_output)
 
     def stop(self) -> Deferred[None]:
         """Terminate every running nix process group; fire once all of them have exited."""

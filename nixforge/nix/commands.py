@@ -51,6 +51,19 @@ def path_info_argv(nix: str, path: str, options: Sequence[tuple[str, str]] = ())
     return [nix, "path-info", "-r", "--json", *_LOG_FLAGS, *_option_flags(options), "--", path]
 
 
+def metadata_argv(nix: str, flake_ref: str, options: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """`nix flake metadata --json -L --log-format internal-json [--option k v]... -- FLAKE_REF`."""
+    return [nix, "flake", "metadata", "--json", *_LOG_FLAGS, *_option_flags(options), "--", flake_ref]
+
+
+def parse_metadata_output(stdout: bytes) -> dict[str, object]:
+    """Decode `nix flake metadata --json` output: an object with `url`, `locked`, `revision`, …"""
+    document = _load(stdout)
+    if not isinstance(document, dict):
+        raise OutputInvalid("nix flake metadata did not print a JSON object")
+    return document
+
+
 def _load(stdout: bytes) -> object:
     try:
         return json.loads(stdout.decode("utf-8"))

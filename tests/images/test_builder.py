@@ -1,0 +1,109 @@
+"""ImageBuilder: which attribute is built, how Nix failures become registry errors, labels."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred, succeed
+
+from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnknown
+from nixforge.images.builder import ImageBuilder
+from nixforge.images.targets import target_for
+from nixforge.nix.client import NixAttributeMissing, NixError, NixRefUnknown, NixTimeout
+from nixforge.oci.layer_cache import LayerCache
+from nixforge.store.memory import MemoryBlobStore
+from tests.oci.archive_builders import docker_archive_members, sample_layers, tar_bytes
+
+
+class FakeNix:
+    """Answers like NixClient from canned values; records every installable asked for."""
+
+    def __init__(self, outputs: dict[str, str], probe: dict[str, Any] | None = None,
+                 error: Exception | None = None) -> None:
+        self.outputs = outputs
+        self.probe = probe or {"hasImage": True, "mainProgram": None, "pname": "hello"}
+        self.error = error
+        self.asked: list[str] = []
+
+    def metadata(self, flake_ref: str) -> Deferred[dict[str, object]]:
+        self.asked.append("metadata " + flake_ref)
+        return succeed({"url": flake_ref + "?locked=1", "locked": {"rev": "c0ffee"}})
+
+    def eval_json(self, installable: str, apply: str | None = None) -> Deferred[object]:
+        self.asked.append("eval " + installable)
+        return fail(self.error) if self.error else succeed(self.probe)
+
+    def build(self, installable: str) -> Deferred[list[str]]:
+        self.asked.append("build " + installable)
+        if self.error:
+            return fail(self.error)
+        return succeed([self.outputs[installable.split("#", 1)[1]]])
+
+    def closure(self, path: str) -> Deferred[list[Any]]:
+        raise AssertionError("not used here")
+
+
+def make_builder(nix: FakeNix, tmp_path: Path) -> tuple[ImageBuilder, MemoryBlobStore]:
+    store = MemoryBlobStore()
+    builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(str(tmp_path / "layers")),  # type: ignore[arg-type]
+                           run_in_thread=lambda f, *a: maybeDeferred(f, *a))
+    return builder, store
+
+
+def run(coroutine: Any) -> Any:
+    results: list[Any] = []
+    ensureDeferred(coroutine).addBoth(results.append)
+    assert results, "did not finish"
+    return results[0]
+
+
+def write_archive(path: Path) -> Path:
+    path.write_bytes(tar_bytes(docker_archive_members(sample_layers()), gzip_outer=True))
+    return path
+
+
+def test_a_package_with_an_image_serves_that_image(tmp_path: Path) -> None:
+    archive = write_archive(tmp_path / "image.tar.gz")
+    nix = FakeNix({"hello.image": str(archive)})
+    builder, store = make_builder(nix, tmp_path)
+    manifests = run(builder.build(target_for("hello"), "path:/f", "latest"))
+    assert nix.asked == ["metadata path:/f", "eval path:/f?locked=1#hello", "build path:/f?locked=1#hello.image"]
+    assert store.read(manifests.oci.digest) == manifests.oci.body
+    assert store.read(manifests.docker.digest) == manifests.docker.body
+    annotations = json.loads(manifests.oci.body)["annotations"]
+    assert annotations["org.opencontainers.image.source"] == "path:/f"
+    assert annotations["org.opencontainers.image.revision"] == "c0ffee"
+
+
+def test_an_application_serves_the_named_file_of_its_containers(tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    write_archive(tmp_path / "out" / "web.tar.gz")
+    nix = FakeNix({"app.containers": str(tmp_path / "out")})
+    builder, _ = make_builder(nix, tmp_path)
+    assert run(builder.build(target_for("applications/app/web"), "path:/f", "latest")).oci.digest
+    missing = run(builder.build(target_for("applications/app/db"), "path:/f", "latest"))
+    assert missing.check(NameUnknown)
+
+
+@pytest.mark.parametrize("error, tag, expected", [
+    (NixAttributeMissing("does not provide attribute"), "latest", NameUnknown),
+    (NixRefUnknown("Cannot find Git revision"), "v9", ManifestUnknown),
+    (NixRefUnknown("cannot fetch"), "latest", BuildFailed),
+    (NixTimeout("timed out", timeout=3.0, log_tail=["sleeping"]), "latest", BuildTimedOut),
+    (NixError("builder failed", 1, log_tail=["deliberate failure"]), "latest", BuildFailed),
+])
+def test_nix_failures_become_registry_errors(tmp_path: Path, error: Exception, tag: str, expected: type) -> None:
+    builder, _ = make_builder(FakeNix({}, error=error), tmp_path)
+    failure = run(builder.build(target_for("hello"), "github:o/r", tag))
+    assert failure.check(expected)
+    if expected is BuildFailed and isinstance(error, NixError) and error.log_tail:
+        assert failure.value.detail["log"] == error.log_tail
+
+
+def test_output_that_is_not_an_image_fails_the_build(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    builder, _ = make_builder(FakeNix({"hello.image": str(tmp_path / "notes.txt")}), tmp_path)
+    assert run(builder.build(target_for("hello"), "path:/f", "latest")).check(BuildFailed)
