@@ -19,6 +19,7 @@ from twisted.web.server import Site
 
 from nixforge import __version__, logs
 from nixforge.api.app import RegistryApi
+from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
 from nixforge.images.builder import ImageBuilder
 from nixforge.images.service import ImageService
@@ -168,7 +169,10 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length)
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
-    _ListeningService(endpoint, Site(api.resource())).setServiceParent(root)
+    factory = Site(api.resource())
+    if not config.endpoint.startswith("ssl:"):
+        factory = RefuseTLSFactory(factory)
+    _ListeningService(endpoint, factory).setServiceParent(root)
     log.info("nixforge {version}: flake {flake}, data in {data_dir}", version=__version__,
              flake=config.flake, data_dir=config.data_dir)
     return root
