@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Quick start: set up the machine, then run nixforge in the foreground on the demo flake (works offline).
+# Pull from it with: podman run --tls-verify=false localhost:${FLASK_PORT:-5000}/hello:latest
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+"$repo/scripts/setup.sh"
+
+data_dir=${NIXFORGE_DATA_DIR:-$HOME/.local/share/nixforge}
+flake_dir=$data_dir/demo-flake
+mkdir -p "$flake_dir"
+cp "$repo"/examples/demo-flake/*.nix "$flake_dir/"
+cp /bin/busybox "$flake_dir/busybox"
+
+if [ -z "${NIX_CONFIG:-}" ]; then
+    export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command flakes'
+fi
+
+exec "$repo/.venv/bin/twistd" -n --pidfile= nixforge \
+    --flake "path:$flake_dir" --port "${FLASK_PORT:-5000}"
