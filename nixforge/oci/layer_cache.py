@@ -5,13 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from collections.abc import Iterable
 
 from twisted.logger import Logger
 
 from nixforge.oci.documents import LayerBlob
+from nixforge.store.durable import replace_file
 from nixforge.store.interfaces import IBlobStore
 
 log = Logger()
@@ -24,14 +24,6 @@ def layer_key(paths: Iterable[str], version: str = FORMAT_VERSION) -> str:
     """Return the cache key of a layer: sha256 hex of the format version and the sorted paths."""
     text = "\n".join([version, *sorted(set(paths))])
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LayerCache:
@@ -79,20 +71,6 @@ class LayerCache:
     def put(self, key: str, blob: LayerBlob) -> None:
         """Record `blob` for `key` durably (temp file, fsync, rename, fsync of the directory)."""
         body = json.dumps({"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id}, sort_keys=True)
-        target = self._file(key)
-        fd, temp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=self._root)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(body.encode())
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, target)
-        except BaseException:
-            try:
-                os.unlink(temp)
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_directory(self._root)
+        replace_file(self._file(key), body.encode())
         with self._lock:
             self._memory[key] = blob

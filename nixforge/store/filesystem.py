@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nixforge.errors import BlobUnknown, DigestInvalid
+from nixforge.store.durable import fsync_directory
 from nixforge.store.interfaces import IBlobStore, IBlobWriter
 
 log = Logger()
@@ -20,15 +21,6 @@ log = Logger()
 SHA256_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _TEMP_PREFIX = "blob-"
 _BLOB_MODE = 0o444
-
-
-def fsync_directory(path: str) -> None:
-    """Make a rename or unlink inside directory `path` durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _blob_hex(digest: str) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from typing import Any
 
@@ -13,7 +12,7 @@ from attrs import asdict
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nixforge.store.filesystem import fsync_directory
+from nixforge.store.durable import replace_file
 from nixforge.store.interfaces import ITagIndex, TagRecord
 
 log = Logger()
@@ -145,21 +144,8 @@ class FilesystemTagIndex:
                 log.warn("skipping unreadable tag index file {path}: {error}", path=path, error=error)
 
     def _write_json(self, path: str, data: dict[str, Any]) -> None:
-        """Atomically replace `path` with `data`: temp file, fsync, rename, fsync the directory."""
-        fd, temp_path = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=self.directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as file:
-                json.dump(data, file, sort_keys=True, indent=1)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp_path, path)
-        except BaseException:
-            try:
-                os.unlink(temp_path)
-            except FileNotFoundError:
-                pass
-            raise
-        fsync_directory(self.directory)
+        """Atomically replace `path` with `data`."""
+        replace_file(path, json.dumps(data, sort_keys=True, indent=1).encode("utf-8"), _TEMP_PREFIX)
 
     def put(self, record: TagRecord) -> None:
         """Durably write the history, then the record, then update memory. Blocks."""
