@@ -6,7 +6,6 @@ import hashlib
 import json
 
 import pytest
-from twisted.internet import task
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import Logger, LogLevel
@@ -23,18 +22,6 @@ from .fake_images import FakeImageService, StubClient
 OCI_ACCEPT = {"Accept": [mt.OCI_MANIFEST]}
 DOCKER_ACCEPT = {"Accept": [mt.DOCKER_MANIFEST]}
 ZERO_DIGEST = "sha256:" + "0" * 64
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(task, "_theCooperator", task.Cooperator(scheduler=lambda f: clock.callLater(0, f)))
-    return clock
-
-
-@pytest.fixture
-def images() -> FakeImageService:
-    return FakeImageService()
 
 
 @pytest.fixture

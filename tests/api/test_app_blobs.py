@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from twisted.internet import task
 from twisted.internet.task import Clock
 
 from nixforge.api import RegistryApi
@@ -15,18 +14,6 @@ from .fake_images import FakeImageService, StubClient
 
 DATA = bytes(range(256)) * 3 + b"tail"  # 772 bytes
 SIZE = len(DATA)
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    clock = Clock()
-    monkeypatch.setattr(task, "_theCooperator", task.Cooperator(scheduler=lambda f: clock.callLater(0, f)))
-    return clock
-
-
-@pytest.fixture
-def images() -> FakeImageService:
-    return FakeImageService()
 
 
 @pytest.fixture
