@@ -98,6 +98,10 @@ class RegistryApi:
         self._max_name_length = max_name_length
         self._max_tag_length = max_tag_length
 
+    def _schedule(self, call: Any) -> None:
+        """Run `call` on a later reactor turn (lets a streaming blob yield to other connections)."""
+        self._reactor.callLater(0, call)
+
     def resource(self) -> IResource:
         """Return the Twisted resource to serve (the Klein app, with the API version header)."""
         return _ApiVersionResource(self.app.resource())
@@ -174,7 +178,7 @@ class RegistryApi:
             request.setResponseCode(206)
             request.setHeader(b"Content-Range", byte_range.content_range().encode())
         request.setHeader(b"Content-Length", str(length).encode())
-        await BlobProducer(request, blob.open(), offset, length).start()
+        await BlobProducer(request, blob.open(), offset, length, self._schedule).start()
         return None
 
     def _referrers(self, request: IRequest, name: str, digest_text: str) -> bytes:

@@ -1,12 +1,13 @@
-"""Stream a blob file to a request with a pull producer; single byte ranges (RFC 9110 `Range`)."""
+"""Stream a blob file to a request with a push producer paced by the transport; single byte ranges."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import BinaryIO
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPullProducer
+from twisted.internet.interfaces import IPushProducer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -14,7 +15,7 @@ from zope.interface import implementer
 
 from nixforge.api.errors import HttpError
 
-CHUNK_SIZE = 64 * 1024
+CHUNK_SIZE = 128 * 1024
 
 log = Logger()
 
@@ -78,13 +79,17 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(first, min(last, size - 1), size)
 
 
-@implementer(IPullProducer)
+@implementer(IPushProducer)
 class BlobProducer:
-    """Write `length` bytes of `file` from `offset` to `request`, one chunk per resumeProducing.
+    """Write `length` bytes of `file` from `offset` to `request`, paced by the transport.
 
-    The file is read only when the transport asks for more, so memory stays flat whatever the
-    blob size. The file is closed when the body is complete, when the transport stops us, when the
-    client goes away, or when the Deferred from `start` is cancelled.
+    A push producer: it writes chunks while the transport accepts them and stops as soon as the
+    transport's buffer is full (`pauseProducing`), until the transport has sent it
+    (`resumeProducing`). So memory stays at about one chunk plus the transport's buffer per client,
+    whatever the blob size, and a slow client slows only its own stream. At most `chunks_per_turn`
+    chunks are written before yielding to the reactor (through `schedule`), so even a consumer that
+    never pauses cannot monopolise it. The file is closed when the body is complete, when the
+    transport stops us, when the client goes away, or when the Deferred from `start` is cancelled.
     """
 
     def __init__(
@@ -93,16 +98,23 @@ class BlobProducer:
         file: BinaryIO,
         offset: int,
         length: int,
+        schedule: Callable[[Callable[[], None]], object],
         chunk_size: int = CHUNK_SIZE,
+        chunks_per_turn: int = 16,
     ) -> None:
         self._request = request
         self._file = file
         self._offset = offset
         self._remaining = length
+        self._schedule = schedule
         self._chunk_size = chunk_size
+        self._chunks_per_turn = chunks_per_turn
         self._registered = False
         self._connection_gone = False
         self._stopped = False
+        self._paused = False
+        self._pumping = False
+        self._scheduled = False
         self._done: Deferred[None] = Deferred(lambda _: self._stop())
 
     @property
@@ -111,7 +123,7 @@ class BlobProducer:
         return self._stopped
 
     def start(self) -> Deferred[None]:
-        """Register with the request; the result fires when the body is done or the client is gone."""
+        """Register with the request and start writing; fires when the body is done or the client gone."""
         self._file.seek(self._offset)
         self._request.notifyFinish().addErrback(self._lost)
         if self._remaining <= 0:
@@ -119,32 +131,61 @@ class BlobProducer:
             self._done.callback(None)
             return self._done
         self._registered = True
-        self._request.registerProducer(self, False)
+        self._request.registerProducer(self, True)
+        self._pump()
         return self._done
 
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: stop writing until it asks again."""
+        self._paused = True
+
     def resumeProducing(self) -> None:
-        """Read and write one chunk; on the last one, unregister and fire the Deferred."""
-        if self._stopped:
+        """The transport has room again: go on writing."""
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        """The consumer is going away: close the file and unregister (the Deferred fires on disconnect)."""
+        self._stop()
+
+    def _pump(self) -> None:
+        """Write chunks until paused, stopped, done, or this turn's share is used up."""
+        self._scheduled = False
+        if self._pumping:
             return
+        self._pumping = True
+        try:
+            for _ in range(self._chunks_per_turn):
+                if self._paused or self._stopped:
+                    return
+                if not self._write_chunk():
+                    return
+        finally:
+            self._pumping = False
+        if not (self._paused or self._stopped or self._scheduled):
+            self._scheduled = True
+            self._schedule(self._pump)
+
+    def _write_chunk(self) -> bool:
+        """Read and write one chunk; False once the body is complete or the stream was aborted."""
         try:
             data = self._file.read(min(self._chunk_size, self._remaining))
         except OSError:
             log.failure("reading a blob failed; dropping the connection")
             self._abort()
-            return
+            return False
         if not data:
             log.error("blob file ended {remaining} bytes early", remaining=self._remaining)
             self._abort()
-            return
+            return False
         self._remaining -= len(data)
         self._request.write(data)
         if self._remaining <= 0:
             self._stop()
-            self._done.callback(None)
-
-    def stopProducing(self) -> None:
-        """The consumer is going away: close the file and unregister (the Deferred fires on disconnect)."""
-        self._stop()
+            if not self._done.called:
+                self._done.callback(None)
+            return False
+        return True
 
     def _abort(self) -> None:
         """Headers promised a length we cannot deliver: close everything and drop the connection."""

@@ -46,7 +46,7 @@ def test_get_blob(client: StubClient, images: FakeImageService, digest: str) -> 
 
 
 def test_get_large_blob_reads_chunk_by_chunk(client: StubClient, images: FakeImageService) -> None:
-    data = bytes(range(256)) * 1000  # 256000 bytes: three full chunks and a partial one
+    data = bytes(range(256)) * 1800  # 460800 bytes: three full chunks and a partial one
     digest = images.add_blob("big", data)
     _, body = client.request("GET", f"/v2/big/blobs/{digest}")
     assert body == data

@@ -1,8 +1,9 @@
-"""BlobProducer backpressure and cleanup with a fake request, and parse_range's table."""
+"""BlobProducer backpressure (paced by the transport) and cleanup with a fake request; parse_range."""
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -16,10 +17,12 @@ from .fake_images import TrackedFile
 
 
 class FakeRequest:
-    """Just the consumer side of a Request that BlobProducer uses."""
+    """The consumer side of a Request that BlobProducer uses; pauses it once `window` bytes are buffered."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int | None = None) -> None:
         self.written: list[bytes] = []
+        self.window = window
+        self.buffered = 0
         self.producer: object | None = None
         self.streaming: bool | None = None
         self.unregistered = 0
@@ -36,6 +39,15 @@ class FakeRequest:
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
+        self.buffered += len(data)
+        if self.window is not None and self.buffered >= self.window and self.producer is not None:
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        """The transport sent its buffer: resume the producer, as a real transport does."""
+        self.buffered = 0
+        if self.producer is not None:
+            self.producer.resumeProducing()
 
     def notifyFinish(self) -> Deferred[None]:
         self.finish_notifications.append(Deferred())
@@ -49,55 +61,59 @@ class FakeRequest:
             notification.errback(Failure(ConnectionLost()))
 
 
-def make(data: bytes, offset: int = 0, length: int | None = None, chunk: int = 4):
-    request = FakeRequest()
+def make(data: bytes, offset: int = 0, length: int | None = None, chunk: int = 4, window: int | None = 8,
+         per_turn: int = 16):
+    request = FakeRequest(window)
     file = TrackedFile(io.BytesIO(data))
-    producer = BlobProducer(request, file, offset, len(data) - offset if length is None else length, chunk)
+    scheduled: list[Callable[[], None]] = []
+    producer = BlobProducer(request, file, offset, len(data) - offset if length is None else length,
+                            scheduled.append, chunk_size=chunk, chunks_per_turn=per_turn)
     done = producer.start()
     fired: list[object] = []
     done.addBoth(fired.append)
-    return request, file, producer, fired
+    return request, file, producer, fired, scheduled
 
 
-def test_registers_as_pull_producer_and_reads_nothing_yet() -> None:
-    request, file, producer, fired = make(b"0123456789")
+def test_registers_as_push_producer_and_writes_until_the_transport_is_full() -> None:
+    request, file, producer, fired, scheduled = make(b"0123456789ab")
     assert request.producer is producer
-    assert request.streaming is False
-    assert file.reads == []
-    assert fired == []
-
-
-def test_one_chunk_per_resume() -> None:
-    request, file, producer, fired = make(b"0123456789")
-    producer.resumeProducing()
-    assert request.written == [b"0123"]
-    assert file.reads == [4]
-    producer.resumeProducing()
+    assert request.streaming is True
     assert request.written == [b"0123", b"4567"]
-    assert fired == []
-    assert not file.closed
-    producer.resumeProducing()
-    assert request.written == [b"0123", b"4567", b"89"]
-    assert file.reads == [4, 4, 2]
+    assert file.reads == [4, 4]
+    assert fired == [] and scheduled == []
+
+
+def test_resumes_only_when_the_transport_drains() -> None:
+    request, file, producer, fired, _ = make(b"0123456789ab")
+    request.drain()
+    assert request.written == [b"0123", b"4567", b"89ab"]
     assert file.closed
     assert request.producer is None
     assert fired == [None]
     producer.resumeProducing()
-    assert file.reads == [4, 4, 2]
+    assert file.reads == [4, 4, 4]
+
+
+def test_a_consumer_that_never_pauses_still_lets_the_reactor_run() -> None:
+    request, _file, _, fired, scheduled = make(b"0123456789", window=None, per_turn=2)
+    assert request.written == [b"0123", b"4567"]
+    assert len(scheduled) == 1 and fired == []
+    scheduled.pop()()
+    assert request.written == [b"0123", b"4567", b"89"]
+    assert fired == [None] and scheduled == []
 
 
 def test_range_reads_only_its_bytes() -> None:
-    request, file, producer, fired = make(b"0123456789", offset=3, length=5)
+    request, file, _producer, fired, _ = make(b"0123456789", offset=3, length=5)
     while not fired:
-        producer.resumeProducing()
+        request.drain()
     assert b"".join(request.written) == b"34567"
     assert file.bytes_read == 5
     assert file.closed
 
 
 def test_stop_producing_closes_and_unregisters() -> None:
-    request, file, producer, fired = make(b"0123456789")
-    producer.resumeProducing()
+    request, file, producer, fired, _ = make(b"0123456789ab", window=4)
     producer.stopProducing()
     assert file.closed
     assert request.producer is None
@@ -111,18 +127,19 @@ def test_stop_producing_closes_and_unregisters() -> None:
 
 
 def test_client_disconnect_closes_file() -> None:
-    request, file, producer, fired = make(b"0123456789")
-    producer.resumeProducing()
+    request, file, producer, fired, _ = make(b"0123456789ab", window=4)
     request.disconnect()
     assert file.closed
     assert fired == [None]
     assert request.unregistered == 0  # the channel is gone; nothing left to unregister from
+    producer.resumeProducing()
+    assert request.written == [b"0123"]
 
 
 def test_cancel_closes_file() -> None:
-    request = FakeRequest()
+    request = FakeRequest(window=4)
     file = TrackedFile(io.BytesIO(b"0123456789"))
-    producer = BlobProducer(request, file, 0, 10, 4)
+    producer = BlobProducer(request, file, 0, 10, lambda call: None, chunk_size=4)
     done = producer.start()
     done.addErrback(lambda _: None)
     done.cancel()
@@ -131,9 +148,7 @@ def test_cancel_closes_file() -> None:
 
 
 def test_short_file_drops_the_connection() -> None:
-    request, file, producer, fired = make(b"0123", length=10)
-    producer.resumeProducing()
-    producer.resumeProducing()
+    request, file, _producer, fired, _ = make(b"0123", length=10)
     assert request.lost_connection
     assert file.closed
     assert request.producer is None
@@ -143,7 +158,7 @@ def test_short_file_drops_the_connection() -> None:
 
 
 def test_empty_body_never_registers() -> None:
-    request, file, _, fired = make(b"", length=0)
+    request, file, _, fired, _ = make(b"", length=0)
     assert request.producer is None
     assert file.closed
     assert fired == [None]

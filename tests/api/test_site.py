@@ -11,11 +11,13 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.server import Request, Site
 
 from nixforge.api import RegistryApi
+from nixforge.api.blob_sender import CHUNK_SIZE
 
 from .fake_images import FakeImageService, TrackedFile
 
@@ -151,7 +153,7 @@ async def test_get_big_blob_streams_it_all(site: RecordingSite, images: FakeImag
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(bytes(range(256)) * (BIG // 256)).hexdigest()
     [opened] = images.opened
     assert opened.closed
-    assert max(opened.reads) == 64 * 1024
+    assert max(opened.reads) == CHUNK_SIZE
     assert failures == []
 
 
@@ -177,3 +179,37 @@ async def test_client_disconnect_mid_blob_closes_the_file(
     [request] = site.requests
     assert request.producer is None
     assert failures == []
+
+
+class StalledClient(Protocol):
+    """Send a request, then stop reading: the server must stop reading the blob too."""
+
+    def __init__(self, request: bytes) -> None:
+        self.request = request
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.request)
+        self.transport.pauseProducing()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_that_stops_reading_stops_the_blob_reads(
+    site: RecordingSite, images: FakeImageService
+) -> None:
+    client = StalledClient(http_request("GET", f"/v2/big/blobs/{BIG_DIGEST}"))
+    await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", site.port_number), client)
+    try:
+        for _ in range(100):
+            if images.opened:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        [opened] = images.opened
+        await deferLater(reactor, 0.5, lambda: None)
+        stalled_at = opened.bytes_read
+        await deferLater(reactor, 0.5, lambda: None)
+        # Only what the kernel's socket buffers hold has been read, and reading has stopped.
+        assert stalled_at < BIG // 2
+        assert opened.bytes_read == stalled_at
+        assert not opened.closed
+    finally:
+        client.transport.abortConnection()
