@@ -11,6 +11,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
+from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -98,7 +99,7 @@ def check_endpoint(description: str) -> None:
 
     try:
         endpoints.serverFromString(reactor, description)
-    except (ValueError, KeyError, TypeError, ImportError) as error:
+    except (ValueError, KeyError, TypeError, ImportError, OSError) as error:
         raise ConfigError(f"invalid --port={description!r}: {error}") from None
 
 
@@ -108,7 +109,11 @@ class _ListeningService(StreamServerEndpointService):
     _raiseSynchronously = True
 
     def privilegedStartService(self) -> None:
-        super().privilegedStartService()
+        try:
+            super().privilegedStartService()
+        except CannotListenError as error:
+            raise SystemExit(f"nixforge: cannot listen on {error.interface or '*'}:{error.port}: "
+                             f"{error.socketError}") from None
         self._waitingForPort.addCallback(self._listening)
 
     def _listening(self, port: Any) -> Any:

@@ -106,7 +106,7 @@ class RegistryApi:
         """Return the Twisted resource to serve (the Klein app, with the API version header)."""
         return _ApiVersionResource(self.app.resource())
 
-    @app.route("/v2/")
+    @app.route("/v2", strict_slashes=False)
     def base(self, request: IRequest) -> bytes:
         """`/v2/`: the API version check."""
         try:
@@ -128,7 +128,11 @@ class RegistryApi:
 
     @app.handle_errors(NotFound)
     def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        """Paths outside `/v2/`: a JSON 404."""
+        """Paths outside `/v2/`: 405 for writes (this registry takes no pushes), else a JSON 404."""
+        try:
+            self._require_read(request)
+        except Exception as error:
+            return self._error(request, error)
         return self._error(request, HttpError("UNSUPPORTED", "no such endpoint", status=404))
 
     async def _dispatch(self, request: IRequest, rest: str) -> bytes | None:

@@ -435,3 +435,17 @@ def test_blob_that_cannot_be_opened_is_500(client: StubClient, images: FakeImage
     assert header(response, "Docker-Content-Digest") is None
     [failure] = [event for event in events if "log_failure" in event]
     assert "broken" in failure["log_failure"].getTraceback()
+
+
+def test_v2_without_the_slash_answers_json(client: StubClient) -> None:
+    response, body = client.request("GET", "/v2")
+    assert response.code == 200
+    assert json.loads(body) == {}
+    assert response.headers.getRawHeaders("Docker-Distribution-API-Version") == ["registry/2.0"]
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_writes_outside_v2_are_unsupported(client: StubClient, method: str) -> None:
+    response, body = client.request(method, "/anything/else")
+    assert response.code == 405
+    assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"

@@ -292,7 +292,14 @@ def test_forge_tac_runs_from_the_environment(forge_factory: ForgeFactory) -> Non
 
 
 @pytest.mark.parametrize(
-    "option", [["--port", "tcp:notaport"], ["--build-timeout", "-3"], ["--log-level", "LOUD"]]
+    "option",
+    [
+        ["--port", "tcp:notaport"],
+        ["--port", "ssl:0:interface=127.0.0.1:privateKey=/nonexistent.pem:certKey=/nonexistent.pem"],
+        ["--port", "tcp:0:interface=nosuchhost.invalid"],
+        ["--build-timeout", "-3"],
+        ["--log-level", "LOUD"],
+    ],
 )
 def test_bad_setting_stops_start_up(option: list[str], tmp_path: Path, flake_ref: str) -> None:
     """A bad value ends start-up with a short error and a non-zero status, before anything listens."""
