@@ -138,15 +138,15 @@ class _ThreadPoolService(Service):
         self.pool.stop()
 
 
-class _NixService(Service):
-    """Kill every running Nix build (its whole process group) when the registry stops."""
+class _BuilderService(Service):
+    """Kill every running build (Nix process groups, image scripts) when the registry stops."""
 
-    def __init__(self, nix: NixClient) -> None:
-        self.nix = nix
+    def __init__(self, builder: ImageBuilder) -> None:
+        self.builder = builder
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
-        return self.nix.stop()
+        return self.builder.stop()
 
 
 def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
@@ -163,9 +163,10 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     index = FilesystemTagIndex(config.data_dir)
     nix = NixClient(reactor=reactor, nix_binary=config.nix_binary, options=config.nix_options,
                     timeout=config.build_timeout)
-    _NixService(nix).setServiceParent(root)
     builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(os.path.join(config.data_dir, "layers")),
-                           run_in_thread=run_in_thread, max_layers=config.max_layers)
+                           run_in_thread=run_in_thread, clock=reactor, timeout=config.build_timeout,
+                           max_layers=config.max_layers)
+    _BuilderService(builder).setServiceParent(root)
     images = ImageService(
         reactor=reactor, builder=builder, store=store, index=index, run_in_thread=run_in_thread,
         flake=config.flake, refresh_interval=config.refresh_interval, max_builds=config.max_builds,

@@ -1,26 +1,33 @@
-"""Turn a build target and a flake reference into a stored image: Nix builds it, oci/ assembles it."""
+"""Turn a build target and a flake reference into a stored image: Nix builds it, oci/ assembles it.
+
+Two phases, so the image service can run them under different limits:
+`plan` locks the flake and asks Nix what the target is (cheap: no build), and `build` builds it and
+assembles the image. Each phase has the build timeout as one deadline shared by its commands.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
-from attrs import define
+from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnknown
+from nixforge.images.image_script import ScriptRunner
 from nixforge.images.targets import BuildTarget
 from nixforge.nix.client import NixAttributeMissing, NixClient, NixError, NixRefUnknown, NixTimeout
 from nixforge.oci.closure_image import PackageMeta, assemble_closure_image
 from nixforge.oci.documents import ImageManifests
-from nixforge.oci.ingest import ingest_image, ingest_stream
+from nixforge.oci.ingest import ingest_image
 from nixforge.oci.layer_cache import LayerCache
 from nixforge.store.interfaces import IBlobStore
 
 log = Logger()
+T = TypeVar("T")
 
 # Asked of a package before building it: does the flake give it an image, and what does it run?
 PACKAGE_PROBE = (
@@ -29,84 +36,117 @@ PACKAGE_PROBE = (
 )
 
 
+@frozen
+class BuildPlan:
+    """What `plan` found out: the locked flake and how to make the target's image."""
+
+    target: BuildTarget
+    tag: str
+    flake_ref: str
+    locked: str
+    labels: dict[str, str]
+    has_image: bool = False
+    main_program: str | None = None
+
+
 @define(eq=False)
 class ImageBuilder:
-    """Build one image; blocking assembly work goes through `run_in_thread`."""
+    """Plan and build images; blocking assembly work goes through `run_in_thread`."""
 
     nix: NixClient
     store: IBlobStore
     layer_cache: LayerCache
     run_in_thread: Callable[..., Deferred[Any]]
+    clock: IReactorTime
+    timeout: float = 600.0
     max_layers: int = 100
+    scripts: ScriptRunner = field(factory=ScriptRunner)
 
-    async def build(self, target: BuildTarget, flake_ref: str, tag: str) -> ImageManifests:
-        """Build `target` from `flake_ref`, store its blobs and both manifests, and return them.
+    async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan:
+        """Lock the flake (`nix flake metadata`) and probe a package (`nix eval`); no build yet."""
+        deadline = self.clock.seconds() + self.timeout
 
-        The flake is locked first (`nix flake metadata`), and every later nix command uses the
-        locked reference, so one image comes from one revision even while a branch moves.
-        """
-        try:
-            metadata = await self.nix.metadata(flake_ref)
-            locked = metadata.get("url") if isinstance(metadata.get("url"), str) else flake_ref
+        async def probe() -> BuildPlan:
+            metadata = await self.nix.metadata(flake_ref, timeout=self._left(deadline))
+            url = metadata.get("url")
+            locked = url if isinstance(url, str) else flake_ref
             labels = _labels(target, flake_ref, metadata)
             if target.kind == "application":
-                return await self._application(target, locked, labels)
-            return await self._package(target, locked, labels)
+                return BuildPlan(target, tag, flake_ref, locked, labels)
+            answer = await self.nix.eval_json(
+                f"{locked}#{target.attribute}", apply=PACKAGE_PROBE, timeout=self._left(deadline))
+            if not isinstance(answer, dict):
+                raise BuildFailed("unexpected answer from nix eval", {"answer": repr(answer)[:200]})
+            main = answer.get("mainProgram")
+            return BuildPlan(target, tag, flake_ref, locked, labels, bool(answer.get("hasImage")),
+                             main if isinstance(main, str) else None)
+
+        return await self._mapped(probe, target, flake_ref, tag)
+
+    async def build(self, plan: BuildPlan) -> ImageManifests:
+        """Build the planned image, store its blobs and both manifests, and return them.
+
+        Every nix command uses the locked reference, so one image comes from one revision even
+        while a branch moves.
+        """
+        deadline = self.clock.seconds() + self.timeout
+        installable = f"{plan.locked}#{plan.target.attribute}"
+
+        async def run() -> ImageManifests:
+            if plan.target.kind == "application":
+                outputs = await self.nix.build(installable + ".containers", timeout=self._left(deadline))
+                path = _application_image(plan.target, outputs[0])
+                return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
+            if plan.has_image:
+                outputs = await self.nix.build(installable + ".image", timeout=self._left(deadline))
+                return await self.run_in_thread(self._ingest, outputs[0], plan.labels, deadline)
+            outputs = await self.nix.build(installable, timeout=self._left(deadline))
+            closure = await self.nix.closure(outputs[0], timeout=self._left(deadline))
+            meta = PackageMeta(name=plan.target.attribute, out_path=outputs[0],
+                               main_program=plan.main_program, labels=plan.labels)
+            return await self.run_in_thread(self._assemble, closure, meta)
+
+        return await self._mapped(run, plan.target, plan.flake_ref, plan.tag)
+
+    def stop(self) -> Deferred[None]:
+        """Kill every running nix command and image script (the registry is stopping)."""
+        self.scripts.kill_all()
+        return self.nix.stop()
+
+    def _left(self, deadline: float) -> float:
+        left = deadline - self.clock.seconds()
+        if left <= 0:
+            raise NixTimeout("no time left for the next nix command", self.timeout)
+        return left
+
+    async def _mapped(
+        self, step: Callable[[], Awaitable[T]], target: BuildTarget, flake_ref: str, tag: str
+    ) -> T:
+        """Run `step`, turning Nix's failures into the registry's errors."""
+        try:
+            return await step()
         except NixAttributeMissing as error:
-            raise NameUnknown(
-                "the flake has no such package", {"name": target.name, "flake": flake_ref}
-            ) from error
+            raise NameUnknown("the flake has no such package", {"name": target.name, "flake": flake_ref}) from error
         except NixRefUnknown as error:
             if tag == "latest":
-                raise BuildFailed(
-                    "cannot fetch the flake", {"flake": flake_ref, "log": error.log_tail}
-                ) from error
+                raise BuildFailed("cannot fetch the flake", {"flake": flake_ref, "log": error.log_tail}) from error
             raise ManifestUnknown("no such tag in the flake", {"tag": tag, "flake": flake_ref}) from error
         except NixTimeout as error:
-            raise BuildTimedOut(
-                f"build timed out after {error.timeout:g} seconds", {"log": error.log_tail}
-            ) from error
+            raise BuildTimedOut(f"build timed out after {self.timeout:g} seconds", {"log": error.log_tail}) from error
         except NixError as error:
             raise BuildFailed("nix build failed", {"log": error.log_tail}) from error
 
-    async def _package(self, target: BuildTarget, flake_ref: str, labels: dict[str, str]) -> ImageManifests:
-        installable = f"{flake_ref}#{target.attribute}"
-        probe = await self.nix.eval_json(installable, apply=PACKAGE_PROBE)
-        if not isinstance(probe, dict):
-            raise BuildFailed("unexpected answer from nix eval", {"answer": repr(probe)[:200]})
-        if probe.get("hasImage"):
-            outputs = await self.nix.build(installable + ".image")
-            return await self.run_in_thread(self._ingest, outputs[0], labels)
-        outputs = await self.nix.build(installable)
-        closure = await self.nix.closure(outputs[0])
-        meta = PackageMeta(
-            name=target.attribute,
-            out_path=outputs[0],
-            main_program=probe.get("mainProgram") if isinstance(probe.get("mainProgram"), str) else None,
-            labels=labels,
-        )
-        return await self.run_in_thread(self._assemble, closure, meta)
-
-    async def _application(self, target: BuildTarget, flake_ref: str, labels: dict[str, str]) -> ImageManifests:
-        outputs = await self.nix.build(f"{flake_ref}#{target.attribute}.containers")
-        assert target.image_file is not None
-        path = os.path.join(outputs[0], target.image_file)
-        if not os.path.exists(path):
-            raise NameUnknown(
-                "the application has no such container image",
-                {"name": target.name, "file": target.image_file},
-            )
-        return await self.run_in_thread(self._ingest, os.path.realpath(path), labels)
-
-    def _ingest(self, path: str, labels: dict[str, str]) -> ImageManifests:
+    def _ingest(self, path: str, labels: dict[str, str], deadline: float) -> ImageManifests:
         """Worker thread: ingest a flake-built image and store both manifests.
 
         A streamLayeredImage output is a script that writes the docker-archive to stdout: it is run
-        (argv, no shell) and its output ingested as it streams.
+        (argv, no shell, its own process group, killed at the deadline) and ingested as it streams.
         """
-        if _is_script(path):
-            return self._stored(_ingest_script_output(self.store, path, labels))
-        return self._stored(ingest_image(self.store, path, labels))
+        if self.scripts.is_script(path):
+            manifests = self.scripts.ingest_output(self.store, path, labels, deadline - self.clock.seconds())
+        else:
+            manifests = ingest_image(self.store, path, labels)
+        return self._stored(manifests)
 
     def _assemble(self, closure: Any, meta: PackageMeta) -> ImageManifests:
         """Worker thread: assemble an image from a closure and store both manifests."""
@@ -122,25 +162,14 @@ class ImageBuilder:
         return manifests
 
 
-def _is_script(path: str) -> bool:
-    if not os.path.isfile(path) or not os.access(path, os.X_OK):
-        return False
-    with open(path, "rb") as stream:
-        return stream.read(2) == b"#!"
-
-
-def _ingest_script_output(store: IBlobStore, path: str, labels: dict[str, str]) -> ImageManifests:
-    """Run a streamLayeredImage script and ingest the archive it writes (worker thread)."""
-    with subprocess.Popen([path], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL) as process:
-        assert process.stdout is not None
-        try:
-            manifests = ingest_stream(store, process.stdout, labels)
-        except BaseException:
-            process.kill()
-            raise
-        if process.wait() != 0:
-            raise BuildFailed("the image script failed", {"script": path, "status": process.returncode})
-    return manifests
+def _application_image(target: BuildTarget, output: str) -> str:
+    """The `<img>.tar.gz` of an application's containers output (links followed), or NameUnknown."""
+    assert target.image_file is not None
+    path = os.path.join(output, target.image_file)
+    if not os.path.exists(path):
+        raise NameUnknown("the application has no such container image",
+                          {"name": target.name, "file": target.image_file})
+    return os.path.realpath(path)
 
 
 def _labels(target: BuildTarget, flake_ref: str, metadata: dict[str, object]) -> dict[str, str]:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from attrs import define, field
+from attrs import define, evolve, field
 from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -14,8 +14,10 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nixforge.errors import BlobUnknown, ForgeError, ManifestUnknown, NameUnknown, TooManyBuilds
+from nixforge.images.builder import BuildPlan
 from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.images.manifest_cache import ManifestCache
+from nixforge.images.missing_cache import MISSING_TTL, MissingCache
 from nixforge.images.single_flight import SingleFlight
 from nixforge.images.targets import BuildTarget, flake_ref_for, is_immutable, target_for
 from nixforge.oci.documents import ImageManifests, ManifestDocument
@@ -27,7 +29,9 @@ log = Logger()
 class Builder(Protocol):
     """What the service needs of a builder (nixforge.images.builder.ImageBuilder)."""
 
-    async def build(self, target: BuildTarget, flake_ref: str, tag: str) -> ImageManifests: ...
+    async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan: ...
+
+    async def build(self, plan: BuildPlan) -> ImageManifests: ...
 
 
 @implementer(IImageService)
@@ -47,11 +51,14 @@ class ImageService:
     cache_size: int = 50
     _flights: SingleFlight = field(factory=SingleFlight, init=False)
     _slots: DeferredSemaphore = field(init=False)
+    _probes: DeferredSemaphore = field(init=False)
+    _missing: MissingCache = field(factory=MissingCache, init=False)
     _cache: ManifestCache = field(init=False)
     _refresh_failed_at: dict[tuple[str, str], float] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._slots = DeferredSemaphore(self.max_builds)
+        self._probes = DeferredSemaphore(self.max_builds * 2)
         self._cache = ManifestCache(self.cache_size)
 
     # -- tags ---------------------------------------------------------------------------------
@@ -96,34 +103,63 @@ class ImageService:
         self._flights.run(key, lambda: ensureDeferred(self._build(target, tag))).addErrback(failed)
 
     async def _build(self, target: BuildTarget, tag: str) -> ImageManifests:
+        """Plan (lock the flake, probe the package), then build unless the lock is unchanged."""
+        key = (target.name, tag)
+        self._raise_if_known_missing(key)
         flake_ref = flake_ref_for(self.flake, tag)
-        if len(self._slots.waiting) >= self.max_queued_builds:
-            raise TooManyBuilds("too many builds queued; retry later", retry_after=30)
-        await self._slots.acquire()
-        started = self.reactor.seconds()
         try:
-            log.info("build started {name}:{tag} from {flake}", name=target.name, tag=tag, flake=flake_ref)
-            manifests = await self.builder.build(target, flake_ref, tag)
+            plan = await self._limited(self._probes, lambda: self.builder.plan(target, flake_ref, tag))
+        except (NameUnknown, ManifestUnknown) as error:
+            self._missing.remember(key, error, self.reactor.seconds() + MISSING_TTL)
+            raise
+        record = self.index.get(target.name, tag)
+        if record is not None and record.source == plan.locked:
+            try:
+                manifests = await self._load(record)
+            except ForgeError:
+                pass  # stored image incomplete: build it again
+            else:
+                await self.run_in_thread(self.index.put, evolve(record, built_at=self.reactor.seconds()))
+                self._refresh_failed_at.pop(key, None)
+                log.info("{name}:{tag} unchanged at {locked}", name=target.name, tag=tag, locked=plan.locked)
+                return manifests
+        started = self.reactor.seconds()
+        log.info("build started {name}:{tag} from {flake}", name=target.name, tag=tag, flake=plan.locked)
+        try:
+            manifests = await self._limited(self._slots, lambda: self.builder.build(plan))
         except Exception as error:
             log.info("build failed {name}:{tag}: {error}", name=target.name, tag=tag, error=error)
             raise
-        finally:
-            self._slots.release()
         record = TagRecord(
             name=target.name,
             tag=tag,
             oci_digest=manifests.oci.digest,
             docker_digest=manifests.docker.digest,
             built_at=self.reactor.seconds(),
-            source=flake_ref,
+            source=plan.locked,
             immutable=is_immutable(tag),
         )
         await self.run_in_thread(self.index.put, record)
-        self._refresh_failed_at.pop((target.name, tag), None)
+        self._refresh_failed_at.pop(key, None)
         self._cache.add(manifests.oci, manifests.docker)
         log.info("build finished {name}:{tag} in {seconds:.1f}s: {digest}", name=target.name, tag=tag,
                  seconds=self.reactor.seconds() - started, digest=manifests.oci.digest)
         return manifests
+
+    async def _limited(self, slots: DeferredSemaphore, step: Callable[[], Any]) -> Any:
+        """Run `step` holding one of `slots`; refuse with TooManyBuilds when too many wait."""
+        if len(slots.waiting) >= self.max_queued_builds:
+            raise TooManyBuilds("too many builds queued; retry later", retry_after=30)
+        await slots.acquire()
+        try:
+            return await step()
+        finally:
+            slots.release()
+
+    def _raise_if_known_missing(self, key: tuple[str, str]) -> None:
+        error = self._missing.get(key, self.reactor.seconds())
+        if error is not None:
+            raise error
 
     async def _load(self, record: TagRecord) -> ImageManifests:
         oci = await self._document(record.oci_digest)

@@ -124,22 +124,29 @@ class NixClient:
     signaller: Signaller = field(factory=Signaller)
     _running: set[RunningProcess] = field(factory=set, init=False)
 
-    def build(self, installable: str) -> Deferred[list[str]]:
-        """Build `installable`; fire with its output store paths ("out" first)."""
-        return self._run(build_argv(self.nix_binary, installable, self.options), parse_build_output)
+    # Every command takes an optional `timeout` (seconds) overriding the client's, so a caller can
+    # give several commands one shared deadline.
 
-    def eval_json(self, installable: str, apply: str | None = None) -> Deferred[object]:
+    def build(self, installable: str, timeout: float | None = None) -> Deferred[list[str]]:
+        """Build `installable`; fire with its output store paths ("out" first)."""
+        argv = build_argv(self.nix_binary, installable, self.options)
+        return self._run(argv, parse_build_output, timeout)
+
+    def eval_json(
+        self, installable: str, apply: str | None = None, timeout: float | None = None
+    ) -> Deferred[object]:
         """Evaluate `installable` (through `apply` if given); fire with the decoded JSON value."""
         argv = eval_argv(self.nix_binary, installable, apply, self.options)
-        return self._run(argv, parse_eval_output)
+        return self._run(argv, parse_eval_output, timeout)
 
-    def closure(self, path: str) -> Deferred[list[StorePathInfo]]:
+    def closure(self, path: str, timeout: float | None = None) -> Deferred[list[StorePathInfo]]:
         """Fire with every store path of the closure of `path`, with sizes and references."""
-        return self._run(path_info_argv(self.nix_binary, path, self.options), parse_path_info)
+        return self._run(path_info_argv(self.nix_binary, path, self.options), parse_path_info, timeout)
 
-    def metadata(self, flake_ref: str) -> Deferred[dict[str, object]]:
+    def metadata(self, flake_ref: str, timeout: float | None = None) -> Deferred[dict[str, object]]:
         """Fetch and lock `flake_ref`; fire with `nix flake metadata --json` (locked `url`, `revision`)."""
-        return self._run(metadata_argv(self.nix_binary, flake_ref, self.options), parse_metadata_output)
+        argv = metadata_argv(self.nix_binary, flake_ref, self.options)
+        return self._run(argv, parse_metadata_output, timeout)
 
     def stop(self) -> Deferred[None]:
         """Terminate every running nix process group; fire once all of them have exited."""
@@ -152,8 +159,9 @@ class NixClient:
         """Process (and process group) ids of the nix processes running now."""
         return sorted(running.pid for running in self._running)
 
-    def _run(self, argv: list[str], parse: Callable[[bytes], T]) -> Deferred[T]:
+    def _run(self, argv: list[str], parse: Callable[[bytes], T], timeout: float | None = None) -> Deferred[T]:
         """Spawn `argv`, log its stderr, and fire with `parse(stdout)` or fail with a NixError."""
+        timeout = self.timeout if timeout is None else timeout
         command = f"nix {argv[1]}"
         nix_log = NixLog(tail_lines=self.log_tail_lines, command=command)
         log.debug("running {argv}", argv=" ".join(argv))
@@ -163,7 +171,7 @@ class NixClient:
                 argv,
                 nix_log.feed,
                 env=self.env,
-                timeout=self.timeout,
+                timeout=timeout,
                 kill_grace=self.kill_grace,
                 setsid=self.setsid,
                 signaller=self.signaller,
@@ -184,7 +192,7 @@ class NixClient:
             if result.called:  # cancelled meanwhile
                 return
             try:
-                value = self._outcome(command, outcome, nix_log, parse)
+                value = self._outcome(command, outcome, nix_log, parse, timeout)
             except Exception:
                 result.errback(Failure())
             else:
@@ -193,11 +201,13 @@ class NixClient:
         running.when_finished().addCallback(finished)
         return result
 
-    def _outcome(self, command: str, outcome: ProcessResult, nix_log: NixLog, parse: Callable[[bytes], T]) -> T:
+    def _outcome(
+        self, command: str, outcome: ProcessResult, nix_log: NixLog, parse: Callable[[bytes], T], timeout: float
+    ) -> T:
         """Parse a finished run or raise the NixError that describes its failure."""
         tail = list(nix_log.tail)
         if outcome.timed_out:
-            raise NixTimeout(f"{command} timed out after {self.timeout:g} s", self.timeout, outcome.exit_code, tail)
+            raise NixTimeout(f"{command} timed out after {timeout:g} s", timeout, outcome.exit_code, tail)
         if outcome.terminated:
             raise NixError(f"{command} was stopped", outcome.exit_code, tail)
         if outcome.exit_code != 0:

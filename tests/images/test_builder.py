@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred, succeed
+from twisted.internet.task import Clock
 
 from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnknown
 from nixforge.images.builder import ImageBuilder
@@ -27,30 +28,36 @@ class FakeNix:
         self.probe = probe or {"hasImage": True, "mainProgram": None, "pname": "hello"}
         self.error = error
         self.asked: list[str] = []
+        self.timeouts: list[float | None] = []
 
-    def metadata(self, flake_ref: str) -> Deferred[dict[str, object]]:
+    def metadata(self, flake_ref: str, timeout: float | None = None) -> Deferred[dict[str, object]]:
         self.asked.append("metadata " + flake_ref)
         return succeed({"url": flake_ref + "?locked=1", "locked": {"rev": "c0ffee"}})
 
-    def eval_json(self, installable: str, apply: str | None = None) -> Deferred[object]:
+    def eval_json(self, installable: str, apply: str | None = None, timeout: float | None = None) -> Deferred[object]:
         self.asked.append("eval " + installable)
         return fail(self.error) if self.error else succeed(self.probe)
 
-    def build(self, installable: str) -> Deferred[list[str]]:
+    def build(self, installable: str, timeout: float | None = None) -> Deferred[list[str]]:
         self.asked.append("build " + installable)
+        self.timeouts.append(timeout)
         if self.error:
             return fail(self.error)
         return succeed([self.outputs[installable.split("#", 1)[1]]])
 
-    def closure(self, path: str) -> Deferred[list[Any]]:
+    def closure(self, path: str, timeout: float | None = None) -> Deferred[list[Any]]:
         raise AssertionError("not used here")
 
 
-def make_builder(nix: FakeNix, tmp_path: Path) -> tuple[ImageBuilder, MemoryBlobStore]:
+def make_builder(nix: FakeNix, tmp_path: Path, clock: Clock | None = None) -> tuple[ImageBuilder, MemoryBlobStore]:
     store = MemoryBlobStore()
     builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(str(tmp_path / "layers")),  # type: ignore[arg-type]
-                           run_in_thread=lambda f, *a: maybeDeferred(f, *a))
+                           run_in_thread=lambda f, *a: maybeDeferred(f, *a), clock=clock or Clock(), timeout=60)
     return builder, store
+
+
+async def plan_and_build(builder: ImageBuilder, name: str, flake_ref: str, tag: str) -> Any:
+    return await builder.build(await builder.plan(target_for(name), flake_ref, tag))
 
 
 def run(coroutine: Any) -> Any:
@@ -69,7 +76,7 @@ def test_a_package_with_an_image_serves_that_image(tmp_path: Path) -> None:
     archive = write_archive(tmp_path / "image.tar.gz")
     nix = FakeNix({"hello.image": str(archive)})
     builder, store = make_builder(nix, tmp_path)
-    manifests = run(builder.build(target_for("hello"), "path:/f", "latest"))
+    manifests = run(plan_and_build(builder, "hello", "path:/f", "latest"))
     assert nix.asked == ["metadata path:/f", "eval path:/f?locked=1#hello", "build path:/f?locked=1#hello.image"]
     assert store.read(manifests.oci.digest) == manifests.oci.body
     assert store.read(manifests.docker.digest) == manifests.docker.body
@@ -83,8 +90,8 @@ def test_an_application_serves_the_named_file_of_its_containers(tmp_path: Path) 
     write_archive(tmp_path / "out" / "web.tar.gz")
     nix = FakeNix({"app.containers": str(tmp_path / "out")})
     builder, _ = make_builder(nix, tmp_path)
-    assert run(builder.build(target_for("applications/app/web"), "path:/f", "latest")).oci.digest
-    missing = run(builder.build(target_for("applications/app/db"), "path:/f", "latest"))
+    assert run(plan_and_build(builder, "applications/app/web", "path:/f", "latest")).oci.digest
+    missing = run(plan_and_build(builder, "applications/app/db", "path:/f", "latest"))
     assert missing.check(NameUnknown)
 
 
@@ -97,7 +104,7 @@ def test_an_application_serves_the_named_file_of_its_containers(tmp_path: Path) 
 ])
 def test_nix_failures_become_registry_errors(tmp_path: Path, error: Exception, tag: str, expected: type) -> None:
     builder, _ = make_builder(FakeNix({}, error=error), tmp_path)
-    failure = run(builder.build(target_for("hello"), "github:o/r", tag))
+    failure = run(plan_and_build(builder, "hello", "github:o/r", tag))
     assert failure.check(expected)
     if expected is BuildFailed and isinstance(error, NixError) and error.log_tail:
         assert failure.value.detail["log"] == error.log_tail
@@ -106,4 +113,27 @@ def test_nix_failures_become_registry_errors(tmp_path: Path, error: Exception, t
 def test_output_that_is_not_an_image_fails_the_build(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("not an image")
     builder, _ = make_builder(FakeNix({"hello.image": str(tmp_path / "notes.txt")}), tmp_path)
-    assert run(builder.build(target_for("hello"), "path:/f", "latest")).check(BuildFailed)
+    assert run(plan_and_build(builder, "hello", "path:/f", "latest")).check(BuildFailed)
+
+
+def test_the_planned_lock_is_what_gets_built_and_one_deadline_spans_the_phase(tmp_path: Path) -> None:
+    archive = write_archive(tmp_path / "image.tar.gz")
+    clock = Clock()
+    nix = FakeNix({"hello.image": str(archive)})
+    builder, _ = make_builder(nix, tmp_path, clock)
+    plan = run(builder.plan(target_for("hello"), "path:/f", "latest"))
+    assert (plan.locked, plan.has_image) == ("path:/f?locked=1", True)
+    clock.advance(50)  # waiting for a build slot does not count against the build
+    run(builder.build(plan))
+    assert nix.timeouts == [60]
+
+
+def test_no_time_left_is_a_timeout(tmp_path: Path) -> None:
+    class SlowMetadataNix(FakeNix):
+        def metadata(self, flake_ref: str, timeout: float | None = None) -> Deferred[dict[str, object]]:
+            clock.advance(61)
+            return super().metadata(flake_ref, timeout)
+
+    clock = Clock()
+    builder, _ = make_builder(SlowMetadataNix({}), tmp_path, clock)
+    assert run(builder.plan(target_for("hello"), "path:/f", "latest")).check(BuildTimedOut)

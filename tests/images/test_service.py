@@ -11,6 +11,7 @@ from twisted.internet.task import Clock
 from zope.interface.verify import verifyObject
 
 from nixforge.errors import BlobUnknown, BuildFailed, ManifestUnknown, NameUnknown, TooManyBuilds
+from nixforge.images.builder import BuildPlan
 from nixforge.images.interfaces import IImageService
 from nixforge.images.service import ImageService
 from nixforge.images.targets import BuildTarget
@@ -21,23 +22,32 @@ from nixforge.store.tag_index import MemoryTagIndex
 
 
 class FakeBuilder:
-    """Stores a one-layer image per build; each build waits until the test releases it."""
+    """Plans at once (locking to `revision`); each build waits until the test releases it."""
 
     def __init__(self, store: MemoryBlobStore) -> None:
         self.store = store
         self.calls: list[tuple[str, str, str]] = []
+        self.plans: list[BuildPlan] = []
         self.pending: list[Deferred[None]] = []
         self.fail_with: Exception | None = None
+        self.plan_fails_with: Exception | None = None
+        self.revision = 1
 
-    async def build(self, target: BuildTarget, flake_ref: str, tag: str) -> ImageManifests:
-        self.calls.append((target.name, flake_ref, tag))
+    async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan:
+        self.plans.append(BuildPlan(target, tag, flake_ref, f"{flake_ref}?rev={self.revision}", {}))
+        if self.plan_fails_with is not None:
+            raise self.plan_fails_with
+        return self.plans[-1]
+
+    async def build(self, plan: BuildPlan) -> ImageManifests:
+        self.calls.append((plan.target.name, plan.flake_ref, plan.tag))
         gate: Deferred[None] = Deferred()
         self.pending.append(gate)
         await gate
         if self.fail_with is not None:
             raise self.fail_with
         writer = LayerWriter(self.store)
-        writer.write(f"{target.name}:{tag}:{len(self.calls)}".encode())
+        writer.write(f"{plan.locked}:{plan.target.name}:{len(self.calls)}".encode())
         layer = writer.close()
         config_digest, config_size = self.store.put(b'{"rootfs":{}}')
         manifests = build_manifests(config_digest, config_size, [layer])
@@ -110,6 +120,7 @@ def test_stale_latest_is_served_while_a_rebuild_runs_in_the_background() -> None
     builder.release()
     old = service.index.get("hello", "latest")
     clock.advance(301)
+    builder.revision = 2
     served = result_of(service.resolve_tag("hello", "latest"))
     assert served.oci.digest == old.oci_digest
     assert len(builder.calls) == 2
@@ -134,6 +145,7 @@ def test_failed_background_refresh_keeps_the_old_image_and_backs_off() -> None:
     service.resolve_tag("hello", "latest")
     builder.release()
     clock.advance(301)
+    builder.revision = 2
     builder.fail_with = BuildFailed("broken", {"log": ["x"]})
     result_of(service.resolve_tag("hello", "latest"))
     builder.release()
@@ -206,3 +218,39 @@ def test_a_manifest_fetched_by_digest_then_its_image_by_tag() -> None:
         assert result_of(service.manifest_by_digest("hello", record.oci_digest)).digest == record.oci_digest
         both = result_of(service.resolve_tag("hello", "latest"))
         assert (both.oci.digest, both.docker.digest) == (record.oci_digest, record.docker_digest)
+
+
+def test_a_refresh_with_an_unchanged_lock_does_not_rebuild() -> None:
+    service, builder, clock = make_service()
+    service.resolve_tag("hello", "latest")
+    builder.release()
+    before = service.index.get("hello", "latest")
+    clock.advance(301)
+    result_of(service.resolve_tag("hello", "latest"))
+    assert len(builder.plans) == 2 and len(builder.calls) == 1
+    after = service.index.get("hello", "latest")
+    assert after.oci_digest == before.oci_digest and after.built_at == 301
+    clock.advance(100)
+    result_of(service.resolve_tag("hello", "latest"))
+    assert len(builder.plans) == 2  # fresh again: not even planned
+
+
+def test_missing_names_are_remembered_briefly() -> None:
+    service, builder, clock = make_service()
+    builder.plan_fails_with = NameUnknown("the flake has no such package")
+    for _ in range(3):
+        assert result_of(service.resolve_tag("nosuch", "latest")).check(NameUnknown)
+    assert len(builder.plans) == 1
+    clock.advance(31)
+    assert result_of(service.resolve_tag("nosuch", "latest")).check(NameUnknown)
+    assert len(builder.plans) == 2
+    assert builder.calls == []
+
+
+def test_probes_do_not_hold_build_slots() -> None:
+    service, builder, _ = make_service(max_builds=1, max_queued_builds=1)
+    service.resolve_tag("a", "latest")  # holds the only build slot
+    builder.plan_fails_with = NameUnknown("no such package")
+    for name in ["x1", "x2", "x3"]:
+        assert result_of(service.resolve_tag(name, "latest")).check(NameUnknown)
+    assert [call[0] for call in builder.calls] == ["a"]

@@ -1,0 +1,93 @@
+"""Run a flake's image script (nixpkgs streamLayeredImage) and ingest the archive it streams.
+
+The script runs in a worker thread's subprocess: argv only, its own session (so the whole group
+can be killed), stdout piped straight into the docker-archive reader. A watchdog kills it at the
+build deadline, and `kill_all` kills every running script when the registry stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+
+from nixforge.errors import BuildFailed, BuildTimedOut
+from nixforge.oci.docker_archive import ingest_stream
+from nixforge.oci.documents import ImageManifests
+from nixforge.store.interfaces import IBlobStore
+
+
+class ScriptRunner:
+    """Runs image scripts, each killable by deadline or by `kill_all`. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: set[subprocess.Popen[bytes]] = set()
+
+    @staticmethod
+    def is_script(path: str) -> bool:
+        """Tell whether a build output is an executable script rather than an image file."""
+        if not os.path.isfile(path) or not os.access(path, os.X_OK):
+            return False
+        with open(path, "rb") as stream:
+            return stream.read(2) == b"#!"
+
+    def ingest_output(
+        self, store: IBlobStore, path: str, labels: dict[str, str], seconds: float
+    ) -> ImageManifests:
+        """Run `path`, ingest its stdout; kill it after `seconds` (BuildTimedOut). Blocking."""
+        if seconds <= 0:
+            raise BuildTimedOut("build timed out before the image script ran", {"script": path})
+        process = subprocess.Popen(
+            [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True
+        )
+        timed_out = threading.Event()
+
+        def expire() -> None:
+            timed_out.set()
+            _kill_group(process)
+
+        watchdog = threading.Timer(seconds, expire)
+        watchdog.daemon = True
+        with self._lock:
+            self._running.add(process)
+        watchdog.start()
+        try:
+            assert process.stdout is not None
+            try:
+                manifests = ingest_stream(store, process.stdout, labels)
+                while process.stdout.read(1 << 20):  # tar padding after the end-of-archive blocks
+                    pass
+            except BuildFailed:
+                if timed_out.is_set():
+                    raise BuildTimedOut("the image script timed out", {"script": path}) from None
+                raise
+            finally:
+                process.stdout.close()
+            status = process.wait()
+        finally:
+            watchdog.cancel()
+            _kill_group(process)
+            process.wait()
+            with self._lock:
+                self._running.discard(process)
+        if timed_out.is_set():
+            raise BuildTimedOut("the image script timed out", {"script": path})
+        if status != 0:
+            raise BuildFailed("the image script failed", {"script": path, "status": status})
+        return manifests
+
+    def kill_all(self) -> None:
+        """Kill every running script's process group; their ingestion then fails at once."""
+        with self._lock:
+            running = list(self._running)
+        for process in running:
+            _kill_group(process)
+
+
+def _kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the script's session (it is the group leader); a finished group is no error."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
