@@ -309,3 +309,22 @@ def test_bad_setting_stops_start_up(option: list[str], tmp_path: Path, flake_ref
     assert result.returncode != 0, output
     assert "listening on" not in output
     assert "Traceback" not in output, output
+
+
+def test_an_image_script_is_streamed_into_the_store(shared_forge: ForgeProcess) -> None:
+    """`streamed.image` is a streamLayeredImage-style script: its stdout archive becomes the image."""
+    streamed = shared_forge.manifest("streamed").json()
+    hello = shared_forge.manifest("hello").json()
+    assert [layer["digest"] for layer in streamed["layers"]] == [layer["digest"] for layer in hello["layers"]]
+    inspected = skopeo_inspect(shared_forge, "streamed:latest")
+    assert inspected["Layers"] == [layer["digest"] for layer in hello["layers"]]
+
+
+def test_a_slow_image_script_times_out_and_is_killed(forge_factory: ForgeFactory) -> None:
+    """The build timeout covers the image script too: 504, and the script is gone."""
+    forge = forge_factory(build_timeout=3)
+    started = time.monotonic()
+    response = forge.get("/v2/slowstream/manifests/latest", {"Accept": OCI_ACCEPT})
+    assert response.status == 504, (response.status, response.body, forge.log_tail())
+    assert time.monotonic() - started < 20
+    assert wait_until(lambda: not processes_matching("stream-slowstream"), timeout=10)
