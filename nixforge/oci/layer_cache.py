@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -15,6 +16,7 @@ from nixforge.store.durable import replace_file
 from nixforge.store.interfaces import IBlobStore
 
 log = Logger()
+_TEMP_PREFIX = ".tmp-"
 
 FORMAT_VERSION = "nixforge-closure-layer-v1"
 """Bump when the tar or gzip bytes of a layer change, so old entries are no longer used."""
@@ -38,6 +40,10 @@ class LayerCache:
         self._memory: dict[str, LayerBlob] = {}
         self._lock = threading.Lock()
         os.makedirs(root, exist_ok=True)
+        for name in os.listdir(root):
+            if name.startswith(_TEMP_PREFIX):  # left by a crash in the middle of `put`
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, name))
 
     def _file(self, key: str) -> str:
         if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
@@ -71,6 +77,6 @@ class LayerCache:
     def put(self, key: str, blob: LayerBlob) -> None:
         """Record `blob` for `key` durably (temp file, fsync, rename, fsync of the directory)."""
         body = json.dumps({"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id}, sort_keys=True)
-        replace_file(self._file(key), body.encode())
+        replace_file(self._file(key), body.encode(), _TEMP_PREFIX)
         with self._lock:
             self._memory[key] = blob

@@ -285,3 +285,13 @@ def test_real_store_paths_share_layers_and_run_in_podman(tmp_path: Path) -> None
         shutil.rmtree(runroot, ignore_errors=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("hello from a /nix/store/")
+
+
+def test_a_crash_in_the_middle_of_a_cache_write_leaves_nothing_behind(tmp_path: Path) -> None:
+    cache_dir = tmp_path / "cache"
+    cache_dir.mkdir()
+    (cache_dir / ".tmp-abc123").write_text('{"digest": "half')
+    kept = cache_dir / ("0" * 64 + ".json")
+    kept.write_text("{}")
+    LayerCache(str(cache_dir))
+    assert sorted(os.listdir(cache_dir)) == [kept.name]
