@@ -167,6 +167,17 @@ def http_request(
         return HttpResponse(error.code, {k.lower(): v for k, v in error.headers.items()}, error.read())
 
 
+def terminate(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGTERM a child process, wait for it, then SIGKILL it if it is still there."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout)
+
+
 @define(eq=False)
 class ForgeProcess:
     """A real `twistd -n nixforge` on 127.0.0.1 port 0, with its log captured line by line."""
@@ -279,13 +290,7 @@ class ForgeProcess:
         process = self._process
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
+        terminate(process, timeout)
         if self._reader is not None:
             self._reader.join(timeout)
         if self._log_file is not None:

@@ -24,6 +24,7 @@ from e2e_support import (
     processes_matching,
     run_tool,
     sha256_digest,
+    terminate,
     wait_until,
 )
 
@@ -148,12 +149,7 @@ class Containerd:
         process = self._process
         if process is not None and process.poll() is None:
             self.remove_containers()
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout)
+            terminate(process, timeout)
         self._process = None
         if self._log_file is not None:
             self._log_file.close()
