@@ -44,10 +44,14 @@ def store_layer(
     blob = cache.get(key, store)
     if blob is not None:
         return blob
-    with LayerWriter(store) as writer:
-        write_store_paths(writer, paths, store_dir)
-        blob = writer.close()
-    cache.put(key, blob)
+    with cache.exclusive(key):
+        blob = cache.get(key, store)  # another image may have written it while we waited
+        if blob is not None:
+            return blob
+        with LayerWriter(store) as writer:
+            write_store_paths(writer, paths, store_dir)
+            blob = writer.close()
+        cache.put(key, blob)
     log.debug("stored layer {digest} with {count} store paths", digest=blob.digest, count=len(paths))
     return blob
 

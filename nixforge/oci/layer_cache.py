@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 from twisted.logger import Logger
 
@@ -39,6 +39,7 @@ class LayerCache:
         self._root = root
         self._memory: dict[str, LayerBlob] = {}
         self._lock = threading.Lock()
+        self._writing: dict[str, tuple[threading.Lock, int]] = {}
         os.makedirs(root, exist_ok=True)
         for name in os.listdir(root):
             if name.startswith(_TEMP_PREFIX):  # left by a crash in the middle of `put`
@@ -73,6 +74,23 @@ class LayerCache:
         if blob is None or store.size(blob.digest) is None:
             return None
         return blob
+
+    @contextlib.contextmanager
+    def exclusive(self, key: str) -> Iterator[None]:
+        """Hold the lock of one layer key, so two images assembled at once write a layer once."""
+        with self._lock:
+            lock, users = self._writing.get(key, (threading.Lock(), 0))
+            self._writing[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._lock:
+                lock, users = self._writing[key]
+                if users == 1:
+                    del self._writing[key]
+                else:
+                    self._writing[key] = (lock, users - 1)
 
     def put(self, key: str, blob: LayerBlob) -> None:
         """Record `blob` for `key` durably (temp file, fsync, rename, fsync of the directory)."""

@@ -13,13 +13,14 @@ import stat
 import subprocess
 import tarfile
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 from attrs import frozen
 
 from nixforge.oci import media_types as mt
-from nixforge.oci.closure_image import PackageMeta, assemble_closure_image
+from nixforge.oci.closure_image import PackageMeta, assemble_closure_image, store_layer
 from nixforge.oci.documents import ImageManifests
 from nixforge.oci.layer_cache import LayerCache, layer_key
 from nixforge.store.filesystem import FilesystemBlobStore
@@ -295,3 +296,36 @@ def test_a_crash_in_the_middle_of_a_cache_write_leaves_nothing_behind(tmp_path: 
     kept.write_text("{}")
     LayerCache(str(cache_dir))
     assert sorted(os.listdir(cache_dir)) == [kept.name]
+
+
+def test_two_images_assembled_at_once_write_a_shared_layer_once(tmp_path: Path, fake_store: FakeStore) -> None:
+    store_dir, infos = fake_store
+    cache = LayerCache(str(tmp_path / "cache"))
+    first_write_may_finish = threading.Event()
+
+    class GatedStore(CountingStore):
+        def writer(self) -> MemoryBlobWriter:
+            if self.writes == 0:
+                self.writes += 1
+                first_write_may_finish.wait(30)
+                return MemoryBlobStore.writer(self)
+            return super().writer()
+
+    store = GatedStore()
+    paths = [infos["base"].path]
+    results: list[object] = []
+    threads = [threading.Thread(target=lambda: results.append(store_layer(store, cache, paths, store_dir)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    key = layer_key(paths)
+    for _ in range(2000):  # until the second thread waits for the first one's lock
+        if cache._writing.get(key, (None, 0))[1] == 2:
+            break
+        threading.Event().wait(0.005)
+    assert cache._writing[key][1] == 2
+    first_write_may_finish.set()
+    for thread in threads:
+        thread.join(30)
+    assert len(results) == 2 and results[0] == results[1]
+    assert store.writes == 1
