@@ -12,6 +12,7 @@ from twisted.logger import (
     LogLevelFilterPredicate,
     textFileLogObserver,
 )
+from twisted.python import usage
 from twisted.python.logfile import LogFile
 
 # Set by `use_for_twistd` while options are parsed; read when twistd calls `twistd_observer`.
@@ -41,6 +42,27 @@ def use_for_twistd(twistd_options: Any, level: str) -> None:
         logfile = "-" if twistd_options.get("nodaemon") else "twistd.log"
     _twistd_settings.update(level=level, logfile=logfile)
     twistd_options["logger"] = f"{__name__}.twistd_observer"
+
+
+def observer_for_command_line(argv: list[str], level: str) -> ILogObserver | None:
+    """For a tac: the log observer twistd would make from `argv`, filtered at `level`.
+
+    A tac cannot see twistd's parsed options, so they are read again from the command line:
+    `--logfile`/`-l` wins, else standard output with `--nodaemon`, else `twistd.log` as twistd does.
+    None when twistd was told to use `--syslog` or its own `--logger` (leave logging to it).
+    """
+    from twisted.scripts.twistd import ServerOptions
+
+    options = ServerOptions()
+    try:
+        options.parseOptions(argv)
+    except (usage.UsageError, SystemExit):
+        return stdout_observer(level)
+    if options.get("syslog") or options.get("logger"):
+        return None
+    logfile = options.get("logfile") or ("-" if options.get("nodaemon") else "twistd.log")
+    stream = sys.stdout if logfile == "-" else LogFile.fromFullPath(logfile)
+    return filtered(textFileLogObserver(stream), level)
 
 
 def twistd_observer() -> ILogObserver:
