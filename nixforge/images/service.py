@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from attrs import define, evolve, field
-from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -202,10 +202,10 @@ class ImageService:
     def blob(self, name: str, digest: str) -> Deferred[BlobFile]:
         """A stored blob of a repository this registry has built."""
         if not self.index.tags(name):
-            return _failed(BlobUnknown("blob unknown to registry", {"name": name, "digest": digest}))
+            return fail(BlobUnknown("blob unknown to registry", {"name": name, "digest": digest}))
         size = self.store.size(digest)
         if size is None:
-            return _failed(BlobUnknown("blob unknown to registry", {"digest": digest}))
+            return fail(BlobUnknown("blob unknown to registry", {"digest": digest}))
         return succeed(BlobFile(digest=digest, size=size, opener=lambda: self.store.open(digest)))
 
     # -- discovery ----------------------------------------------------------------------------
@@ -215,19 +215,13 @@ class ImageService:
         try:
             target_for(name)
         except NameUnknown as error:
-            return _failed(error)
+            return fail(error)
         tags = self.index.tags(name)
         if not tags:
-            return _failed(NameUnknown(
+            return fail(NameUnknown(
                 "repository not built yet; pull <name>:latest to build it", {"name": name}))
         return succeed(tags)
 
     def repositories(self) -> Deferred[list[str]]:
         """Every repository with at least one built tag."""
         return succeed(self.index.names())
-
-
-def _failed(error: Exception) -> Deferred[Any]:
-    result: Deferred[Any] = Deferred()
-    result.errback(Failure(error))
-    return result
