@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -15,7 +13,7 @@ from twisted.logger import Logger
 from nixforge.oci.documents import ImageManifests, LayerBlob, build_manifests, canonical_json, sha256_digest
 from nixforge.oci.image_config import CA_BUNDLE, choose_command, image_config, write_customisation_layer
 from nixforge.oci.layer_cache import LayerCache, layer_key
-from nixforge.oci.layer_writer import LayerWriter
+from nixforge.oci.layer_writer import LayerWriter, compress_layer
 from nixforge.oci.layering import DEFAULT_MAX_LAYERS, StorePathLike, plan_layers
 from nixforge.oci.tar_writer import DEFAULT_STORE_DIR, image_name, write_store_paths
 from nixforge.store.interfaces import IBlobStore
@@ -58,12 +56,11 @@ def store_layer(
 
 def _store_small_layer(store: IBlobStore, tar: bytes) -> LayerBlob:
     """Gzip a small in-memory tar exactly as LayerWriter does; store it unless already there."""
-    compressor = zlib.compressobj(6, zlib.DEFLATED, 31)
-    gz = compressor.compress(tar) + compressor.flush()
+    gz, diff_id = compress_layer(tar)
     digest = sha256_digest(gz)
     if store.size(digest) is None:
         digest, _ = store.put(gz)
-    return LayerBlob(digest, len(gz), "sha256:" + hashlib.sha256(tar).hexdigest())
+    return LayerBlob(digest, len(gz), diff_id)
 
 
 def _ca_bundle(paths: Sequence[str], store_dir: str) -> str | None:

@@ -12,6 +12,17 @@ from nixforge.store.interfaces import IBlobStore
 _GZIP_WBITS = 31
 
 
+def layer_compressor(level: int = 6) -> zlib._Compress:
+    """The gzip compressor of every layer: no file name, mtime 0, so equal tars give equal bytes."""
+    return zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+
+
+def compress_layer(tar: bytes, level: int = 6) -> tuple[bytes, str]:
+    """Gzip a small in-memory layer tar as LayerWriter would; return (gzip bytes, diff_id)."""
+    compressor = layer_compressor(level)
+    return compressor.compress(tar) + compressor.flush(), "sha256:" + hashlib.sha256(tar).hexdigest()
+
+
 class LayerWriter:
     """Write an uncompressed layer tar into `write`; `close` publishes the gzip blob.
 
@@ -21,7 +32,7 @@ class LayerWriter:
 
     def __init__(self, store: IBlobStore, level: int = 6) -> None:
         self._diff = hashlib.sha256()
-        self._gzip = zlib.compressobj(level, zlib.DEFLATED, _GZIP_WBITS)
+        self._gzip = layer_compressor(level)
         self._blob = store.writer()
         self._result: LayerBlob | None = None
 
