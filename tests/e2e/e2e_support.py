@@ -23,6 +23,7 @@ import pytest
 from attrs import Factory, define, field, frozen
 
 FIXTURE_FLAKES = Path(__file__).resolve().parent.parent / "fixtures" / "flakes"
+SHARED_LIB_NIX = Path(__file__).resolve().parents[2] / "examples" / "demo-flake" / "lib.nix"
 OFFLINE_NIX_CONFIG = "substituters =\nexperimental-features = nix-command flakes"
 BUSYBOX = Path("/bin/busybox")
 LISTENING = re.compile(r"nixforge listening on (?P<host>\S+):(?P<port>\d+)")
@@ -86,8 +87,12 @@ def run_tool(argv: Sequence[str], timeout: float = 300, check: bool = True) -> s
 
 
 def prepare_flake(source: Path, target: Path, nonce: str) -> Path:
-    """Copy a fixture flake and the static busybox into `target`, with a `nonce` file; return target."""
+    """Copy a flake, the shared `lib.nix` and the static busybox into `target`, with a `nonce` file.
+
+    The fixture flake and the demo flake share one `lib.nix`, kept in examples/demo-flake.
+    """
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("busybox", "nonce", ".gitignore"))
+    shutil.copy2(SHARED_LIB_NIX, target / "lib.nix")
     shutil.copy2(BUSYBOX, target / "busybox")
     (target / "nonce").write_text(nonce)
     return target

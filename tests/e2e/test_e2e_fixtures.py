@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 from e2e_support import (
-    FIXTURE_FLAKES,
     nix_closure,
     nix_env,
     nix_out_path,
@@ -110,8 +109,7 @@ def test_slow_runs_with_its_marker_and_nix_term_cleans_up(flake_ref: str, nonce:
 
 
 def test_demo_flake_builds(tmp_path: Path) -> None:
-    """The README's demo flake: hello.image is an archive, greet runs; its lib.nix matches the fixture's."""
-    assert (DEMO_FLAKE / "lib.nix").read_bytes() == (FIXTURE_FLAKES / "forge" / "lib.nix").read_bytes()
+    """The README's demo flake: hello.image is an archive, greet runs."""
     demo = prepare_flake(DEMO_FLAKE, tmp_path / "demo", "demo")
     ref = f"path:{demo}"
     image, config = inspect_archive(nix_out_path(ref, "hello.image"), tmp_path)
