@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 
 from nixforge.errors import BuildFailed
-from nixforge.oci.docker_archive import ingest_docker_archive, ingest_stream, sniff
+from nixforge.oci.docker_archive import ingest_docker_archive, ingest_stream
 from nixforge.oci.documents import ImageManifests
+from nixforge.oci.layer_blobs import sniff
 from nixforge.oci.oci_layout import ingest_oci_layout, is_oci_layout
 from nixforge.store.interfaces import IBlobStore
 

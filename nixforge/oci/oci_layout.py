@@ -11,7 +11,8 @@ from typing import Any
 
 from nixforge.errors import BuildFailed, DigestInvalid
 from nixforge.oci import media_types as mt
-from nixforge.oci.docker_archive import (
+from nixforge.oci.documents import ImageManifests, LayerBlob, build_manifests
+from nixforge.oci.layer_blobs import (
     CHUNK,
     SMALL_LIMIT,
     check_diff_ids,
@@ -20,7 +21,6 @@ from nixforge.oci.docker_archive import (
     store_gzip_layer,
     store_tar_layer,
 )
-from nixforge.oci.documents import ImageManifests, LayerBlob, build_manifests
 from nixforge.references import parse_digest
 from nixforge.store.interfaces import IBlobStore
 

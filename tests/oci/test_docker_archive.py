@@ -16,11 +16,8 @@ import pytest
 
 from nixforge.errors import BuildFailed
 from nixforge.oci import docker_archive
-from nixforge.oci.docker_archive import (
-    GzipDiffHasher,
-    ingest_docker_archive,
-    ingest_stream,
-)
+from nixforge.oci.docker_archive import ingest_docker_archive, ingest_stream
+from nixforge.oci.layer_blobs import GzipDiffHasher
 from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.memory import MemoryBlobStore
 
