@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
 from attrs import frozen
+
+from nixforge.images.policy import COMMIT_TAG_MODES
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_FLAKE = "github:imincik/flake-forge"
@@ -17,6 +20,9 @@ MAX_LAYER_BUDGET = 125
 _NIX_OPTION_NAME = re.compile(r"[a-z][a-z0-9-]*")
 # A flake reference is passed to Nix as one argv entry; refuse what could be read as an option.
 _FLAKE_REF = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:[^\s#]+|[./][^\s#]*")
+# Glob characters plus what repository names (lower case, `/`) and tags (any case, no `/`) hold.
+_NAME_GLOB = re.compile(r"[a-z0-9._/*?\[\]!-]+")
+_TAG_GLOB = re.compile(r"[A-Za-z0-9._*?\[\]!-]+")
 
 
 class ConfigError(ValueError):
@@ -98,6 +104,31 @@ def _layer_budget(text: str) -> int:
     return value
 
 
+def _globs(pattern: re.Pattern[str], example: str) -> Callable[[str], tuple[str, ...]]:
+    """A parser of comma-separated globs, each made of the characters `pattern` allows."""
+    def parse(text: str) -> tuple[str, ...]:
+        globs = tuple(item.strip() for item in text.split(","))
+        if not all(pattern.fullmatch(glob) for glob in globs):
+            raise ValueError(f"must be comma-separated globs such as {example}")
+        return globs
+    return parse
+
+
+def _commit_tags(text: str) -> str:
+    mode = text.strip().lower()
+    if mode not in COMMIT_TAG_MODES:
+        raise ValueError(f"must be one of {', '.join(COMMIT_TAG_MODES)}")
+    return mode
+
+
+def _user(text: str) -> str:
+    try:
+        pwd.getpwnam(text)
+    except KeyError:
+        raise ValueError("no such user") from None
+    return text
+
+
 def parse_nix_options(text: str) -> tuple[tuple[str, str], ...]:
     """Parse `NAME=VALUE` pairs separated by newlines or semicolons."""
     pairs = []
@@ -138,6 +169,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("nix_binary", "NIXFORGE_NIX", "nix", "nix", str, "The nix executable."),
     Setting("nix_options", "NIXFORGE_NIX_OPTIONS", None, "", parse_nix_options,
             "Extra Nix settings, NAME=VALUE separated by ';' (also --nix-option, repeatable)."),
+    Setting("packages", "NIXFORGE_PACKAGES", "packages", "*", _globs(_NAME_GLOB, "hello,tool-*"),
+            "Comma-separated globs over the repository names served (e.g. hello,tool-*,applications/app1/*)."),
+    Setting("refs", "NIXFORGE_REFS", "refs", "*", _globs(_TAG_GLOB, "main,v*"),
+            "Comma-separated globs over the tags served as a branch or git tag of the flake; latest is always served."),
+    Setting("commit_tags", "NIXFORGE_COMMIT_TAGS", "commit-tags", "known", _commit_tags,
+            "40-hex commit tags served: known (revisions nixforge locked from latest or an allowed ref), any, none."),
+    Setting("script_user", "NIXFORGE_SCRIPT_USER", "script-user", "nobody", _user,
+            "User that runs a flake's image script when nixforge runs as root."),
 )
 
 
@@ -161,6 +200,10 @@ class ForgeConfig:
     max_layers: int = 100
     nix_binary: str = "nix"
     nix_options: tuple[tuple[str, str], ...] = ()
+    packages: tuple[str, ...] = ("*",)
+    refs: tuple[str, ...] = ("*",)
+    commit_tags: str = "known"
+    script_user: str = "nobody"
 
     @classmethod
     def from_sources(

@@ -23,10 +23,14 @@ from nixforge.api.app import RegistryApi
 from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
 from nixforge.images.builder import ImageBuilder
+from nixforge.images.image_script import ScriptRunner
+from nixforge.images.policy import AccessPolicy
+from nixforge.images.script_user import ScriptUser
 from nixforge.images.service import ImageService
 from nixforge.nix.client import NixClient
 from nixforge.oci.layer_cache import LayerCache
 from nixforge.store.filesystem import FilesystemBlobStore
+from nixforge.store.locked_revisions import FilesystemLockedRevisions
 from nixforge.store.tag_index import FilesystemTagIndex
 
 log = Logger()
@@ -163,13 +167,16 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     index = FilesystemTagIndex(config.data_dir)
     nix = NixClient(reactor=reactor, nix_binary=config.nix_binary, options=config.nix_options,
                     timeout=config.build_timeout)
+    scripts = ScriptRunner(ScriptUser.for_this_process(config.script_user))
     builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(os.path.join(config.data_dir, "layers")),
                            run_in_thread=run_in_thread, clock=reactor, timeout=config.build_timeout,
-                           max_layers=config.max_layers)
+                           max_layers=config.max_layers, scripts=scripts)
     _BuilderService(builder).setServiceParent(root)
+    policy = AccessPolicy(flake=config.flake, revisions=FilesystemLockedRevisions(config.data_dir),
+                          packages=config.packages, refs=config.refs, commit_tags=config.commit_tags)
     images = ImageService(
         reactor=reactor, builder=builder, store=store, index=index, run_in_thread=run_in_thread,
-        flake=config.flake, refresh_interval=config.refresh_interval, max_builds=config.max_builds,
+        flake=config.flake, policy=policy, refresh_interval=config.refresh_interval, max_builds=config.max_builds,
         max_queued_builds=config.max_queued_builds, cache_size=config.cache_size,
     )
     api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
@@ -181,6 +188,10 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     _ListeningService(endpoint, factory).setServiceParent(root)
     log.info("nixforge {version}: flake {flake}, data in {data_dir}", version=__version__,
              flake=config.flake, data_dir=config.data_dir)
+    log.info("serving packages {packages}, refs {refs}, commit tags {commit_tags}; image scripts run as "
+             "{script_user}", packages=",".join(config.packages), refs=",".join(config.refs),
+             commit_tags=config.commit_tags,
+             script_user=scripts.user.name if scripts.user is not None else "nixforge's own user")
     return root
 
 

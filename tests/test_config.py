@@ -15,6 +15,8 @@ def test_defaults() -> None:
     assert config.cache_size == 50
     assert (config.max_name_length, config.max_tag_length) == (255, 128)
     assert config.max_layers == 100
+    assert (config.packages, config.refs, config.commit_tags) == (("*",), ("*",), "known")
+    assert config.script_user == "nobody"
 
 
 def test_environment_is_read() -> None:
@@ -58,6 +60,8 @@ def test_state_directory_is_the_default_data_dir() -> None:
     ("NIX_BUILD_TIMEOUT", "soon"), ("NIX_BUILD_TIMEOUT", "-1"), ("CACHE_SIZE", "0"), ("FLASK_PORT", "70000"),
     ("LOG_LEVEL", "LOUD"), ("GITHUB_REPO", "--impure"), ("GITHUB_REPO", "github:a/b#evil"),
     ("FLASK_HOST", "a b"), ("NIXFORGE_MAX_LAYERS", "500"), ("NIXFORGE_NIX_OPTIONS", "no-equals"),
+    ("NIXFORGE_PACKAGES", "hello,,tool-*"), ("NIXFORGE_PACKAGES", "Hello"), ("NIXFORGE_REFS", "main,a/b"),
+    ("NIXFORGE_COMMIT_TAGS", "some"), ("NIXFORGE_SCRIPT_USER", "no-such-user-here"),
 ])
 def test_bad_values_are_refused_with_one_line(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -70,3 +74,22 @@ def test_bad_endpoint_exits_before_listening() -> None:
     with pytest.raises(SystemExit) as caught:
         config_or_exit({}, port="nonsense:1:2")
     assert str(caught.value).startswith("nixforge: invalid --port")
+
+
+def test_policy_settings_are_read_and_options_win() -> None:
+    environ = {"NIXFORGE_PACKAGES": "hello, tool-*,applications/app1/*", "NIXFORGE_REFS": "main,v[0-9]*",
+               "NIXFORGE_COMMIT_TAGS": "None", "NIXFORGE_SCRIPT_USER": "root"}
+    config = ForgeConfig.from_sources(environ)
+    assert config.packages == ("hello", "tool-*", "applications/app1/*")
+    assert config.refs == ("main", "v[0-9]*")
+    assert (config.commit_tags, config.script_user) == ("none", "root")
+    options = {"packages": "greet", "refs": "release-*", "commit-tags": "any", "script-user": "nobody"}
+    config = ForgeConfig.from_sources(environ, options)
+    assert (config.packages, config.refs, config.commit_tags, config.script_user) == (
+        ("greet",), ("release-*",), "any", "nobody")
+
+
+def test_a_bad_script_user_stops_start_up_with_one_line() -> None:
+    with pytest.raises(SystemExit) as caught:
+        config_or_exit({"NIXFORGE_SCRIPT_USER": "no-such-user-here"})
+    assert str(caught.value) == "nixforge: invalid NIXFORGE_SCRIPT_USER='no-such-user-here': no such user"

@@ -47,6 +47,7 @@ class BuildPlan:
     labels: dict[str, str]
     has_image: bool = False
     main_program: str | None = None
+    revision: str | None = None
 
 
 @define(eq=False)
@@ -71,15 +72,16 @@ class ImageBuilder:
             url = metadata.get("url")
             locked = url if isinstance(url, str) else flake_ref
             labels = _labels(target, flake_ref, metadata)
+            revision = locked_revision(metadata)
             if target.kind == "application":
-                return BuildPlan(target, tag, flake_ref, locked, labels)
+                return BuildPlan(target, tag, flake_ref, locked, labels, revision=revision)
             answer = await self.nix.eval_json(
                 f"{locked}#{target.attribute}", apply=PACKAGE_PROBE, timeout=self._left(deadline))
             if not isinstance(answer, dict):
                 raise BuildFailed("unexpected answer from nix eval", {"answer": repr(answer)[:200]})
             main = answer.get("mainProgram")
             return BuildPlan(target, tag, flake_ref, locked, labels, bool(answer.get("hasImage")),
-                             main if isinstance(main, str) else None)
+                             main if isinstance(main, str) else None, revision)
 
         return await self._mapped(probe, target, flake_ref, tag)
 
@@ -178,8 +180,14 @@ def _labels(target: BuildTarget, flake_ref: str, metadata: dict[str, object]) ->
         "org.opencontainers.image.source": flake_ref,
         "org.opencontainers.image.title": target.name,
     }
-    locked = metadata.get("locked")
-    revision = metadata.get("revision") or (locked.get("rev") if isinstance(locked, dict) else None)
-    if isinstance(revision, str):
+    revision = locked_revision(metadata)
+    if revision is not None:
         labels["org.opencontainers.image.revision"] = revision
     return labels
+
+
+def locked_revision(metadata: dict[str, object]) -> str | None:
+    """The git revision `nix flake metadata` locked the flake to (`revision` or `locked.rev`), if any."""
+    locked = metadata.get("locked")
+    revision = metadata.get("revision") or (locked.get("rev") if isinstance(locked, dict) else None)
+    return revision if isinstance(revision, str) else None

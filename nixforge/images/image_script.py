@@ -2,7 +2,8 @@
 
 The script runs in a worker thread's subprocess: argv only, its own session (so the whole group
 can be killed), stdout piped straight into the docker-archive reader. A watchdog kills it at the
-build deadline, and `kill_all` kills every running script when the registry stops.
+build deadline, and `kill_all` kills every running script when the registry stops. It runs as the
+ScriptUser given (see nixforge.images.script_user), in `/`, with the minimal SCRIPT_ENVIRONMENT.
 """
 
 from __future__ import annotations
@@ -14,15 +15,20 @@ import subprocess
 import threading
 
 from nixforge.errors import BuildFailed, BuildTimedOut
+from nixforge.images.script_user import SCRIPT_ENVIRONMENT, ScriptUser
 from nixforge.oci.docker_archive import ingest_stream
 from nixforge.oci.documents import ImageManifests
 from nixforge.store.interfaces import IBlobStore
 
 
 class ScriptRunner:
-    """Runs image scripts, each killable by deadline or by `kill_all`. Thread-safe."""
+    """Runs image scripts, each killable by deadline or by `kill_all`. Thread-safe.
 
-    def __init__(self) -> None:
+    `user`: who the scripts run as; None runs them as this process's own user.
+    """
+
+    def __init__(self, user: ScriptUser | None = None) -> None:
+        self.user = user
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen[bytes]] = set()
 
@@ -40,8 +46,10 @@ class ScriptRunner:
         """Run `path`, ingest its stdout; kill it after `seconds` (BuildTimedOut). Blocking."""
         if seconds <= 0:
             raise BuildTimedOut("build timed out before the image script ran", {"script": path})
+        identity = self.user.popen_arguments() if self.user is not None else {}
         process = subprocess.Popen(
-            [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True
+            [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True,
+            cwd="/", env=dict(SCRIPT_ENVIRONMENT), **identity,
         )
         timed_out = threading.Event()
 

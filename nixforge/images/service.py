@@ -18,6 +18,7 @@ from nixforge.images.builder import BuildPlan
 from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.images.manifest_cache import ManifestCache
 from nixforge.images.missing_cache import MISSING_TTL, MissingCache
+from nixforge.images.policy import AccessPolicy
 from nixforge.images.single_flight import SingleFlight
 from nixforge.images.targets import BuildTarget, flake_ref_for, is_immutable, target_for
 from nixforge.oci.documents import ImageManifests, ManifestDocument
@@ -37,7 +38,11 @@ class Builder(Protocol):
 @implementer(IImageService)
 @define(eq=False)
 class ImageService:
-    """The registry's view of images: the tag index first, Nix when it has nothing fresh."""
+    """The registry's view of images: the tag index first, Nix when it has nothing fresh.
+
+    Every request is first put to the AccessPolicy: a refused name or tag fails before the index
+    is read or anything is planned, so it never starts a Nix process.
+    """
 
     reactor: IReactorTime
     builder: Builder
@@ -45,6 +50,7 @@ class ImageService:
     index: ITagIndex
     run_in_thread: Callable[..., Deferred[Any]]
     flake: str
+    policy: AccessPolicy
     refresh_interval: float = 300.0
     max_builds: int = 2
     max_queued_builds: int = 16
@@ -68,6 +74,8 @@ class ImageService:
         return ensureDeferred(self._resolve_tag(name, tag))
 
     async def _resolve_tag(self, name: str, tag: str) -> ImageManifests:
+        self.policy.check_name(name)
+        self.policy.check_tag(tag)
         target = target_for(name)
         record = self.index.get(name, tag)
         if record is not None:
@@ -112,6 +120,8 @@ class ImageService:
         except (NameUnknown, ManifestUnknown) as error:
             self._missing.remember(key, error, self.reactor.seconds() + MISSING_TTL)
             raise
+        if plan.revision is not None and self.policy.vouches_for_locks_of(tag):
+            await self.run_in_thread(self.policy.remember_lock, tag, plan.revision)
         record = self.index.get(target.name, tag)
         if record is not None and record.source == plan.locked:
             try:
@@ -190,6 +200,7 @@ class ImageService:
         return ensureDeferred(self._manifest_by_digest(name, digest))
 
     async def _manifest_by_digest(self, name: str, digest: str) -> ManifestDocument:
+        self.policy.check_name(name)
         if not self.index.has_manifest(name, digest):
             raise ManifestUnknown("manifest unknown", {"name": name, "digest": digest})
         cached = self._cache.get(digest)
@@ -201,6 +212,10 @@ class ImageService:
 
     def blob(self, name: str, digest: str) -> Deferred[BlobFile]:
         """A stored blob of a repository this registry has built."""
+        try:
+            self.policy.check_name(name)
+        except NameUnknown as error:
+            return fail(error)
         if not self.index.tags(name):
             return fail(BlobUnknown("blob unknown to registry", {"name": name, "digest": digest}))
         size = self.store.size(digest)
@@ -211,17 +226,18 @@ class ImageService:
     # -- discovery ----------------------------------------------------------------------------
 
     def tags(self, name: str) -> Deferred[list[str]]:
-        """The tags this registry has built for `name`."""
+        """The tags this registry has built for `name` and would serve now."""
         try:
+            self.policy.check_name(name)
             target_for(name)
         except NameUnknown as error:
             return fail(error)
-        tags = self.index.tags(name)
+        tags = [tag for tag in self.index.tags(name) if self.policy.allows_tag(tag)]
         if not tags:
             return fail(NameUnknown(
                 "repository not built yet; pull <name>:latest to build it", {"name": name}))
         return succeed(tags)
 
     def repositories(self) -> Deferred[list[str]]:
-        """Every repository with at least one built tag."""
-        return succeed(self.index.names())
+        """Every repository with at least one built tag that the policy serves."""
+        return succeed([name for name in self.index.names() if self.policy.allows_name(name)])

@@ -82,3 +82,20 @@ class ITagIndex(Interface):
         Superseded records count too, so a client that resolved a tag just before a rebuild can
         still fetch the manifest by the digest it was given.
         """
+
+
+class ILockedRevisions(Interface):
+    """Which git revisions nixforge itself locked a flake to, and from which tags; survives restarts.
+
+    Revisions are per flake (the configured flake reference), not per repository: a revision is a
+    commit of the whole flake, so one locked while serving any package vouches for every package.
+    """
+
+    def record(flake: str, revision: str, ref: str) -> None:
+        """Durably note that `ref` (`latest`, a branch or a git tag) locked `flake` to `revision`.
+
+        Writes nothing when that is already known. Blocks (write temp, fsync, rename).
+        """
+
+    def refs(flake: str, revision: str) -> frozenset[str]:
+        """Return the tags that ever locked `flake` to `revision` (empty if none), from memory."""

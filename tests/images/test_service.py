@@ -13,10 +13,12 @@ from zope.interface.verify import verifyObject
 from nixforge.errors import BlobUnknown, BuildFailed, ManifestUnknown, NameUnknown, TooManyBuilds
 from nixforge.images.builder import BuildPlan
 from nixforge.images.interfaces import IImageService
+from nixforge.images.policy import AccessPolicy
 from nixforge.images.service import ImageService
 from nixforge.images.targets import BuildTarget
 from nixforge.oci.documents import ImageManifests, build_manifests
 from nixforge.oci.layer_writer import LayerWriter
+from nixforge.store.locked_revisions import MemoryLockedRevisions
 from nixforge.store.memory import MemoryBlobStore
 from nixforge.store.tag_index import MemoryTagIndex
 
@@ -34,7 +36,8 @@ class FakeBuilder:
         self.revision = 1
 
     async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan:
-        self.plans.append(BuildPlan(target, tag, flake_ref, f"{flake_ref}?rev={self.revision}", {}))
+        self.plans.append(BuildPlan(target, tag, flake_ref, f"{flake_ref}?rev={self.revision}", {},
+                                    revision=revision_hash(self.revision)))
         if self.plan_fails_with is not None:
             raise self.plan_fails_with
         return self.plans[-1]
@@ -60,6 +63,11 @@ class FakeBuilder:
             self.pending.pop(0).callback(None)
 
 
+def revision_hash(revision: int) -> str:
+    """The 40-hex git revision the fake builder locks to for its revision number."""
+    return f"{revision:040x}"
+
+
 def make_service(**overrides: Any) -> tuple[ImageService, FakeBuilder, Clock]:
     clock = Clock()
     store = MemoryBlobStore()
@@ -67,6 +75,7 @@ def make_service(**overrides: Any) -> tuple[ImageService, FakeBuilder, Clock]:
     settings: dict[str, Any] = {
         "reactor": clock, "builder": builder, "store": store, "index": MemoryTagIndex(),
         "run_in_thread": lambda f, *a: maybeDeferred(f, *a), "flake": "github:o/r",
+        "policy": AccessPolicy(flake="github:o/r", revisions=MemoryLockedRevisions()),
         "refresh_interval": 300.0, "max_builds": 2, "max_queued_builds": 2, "cache_size": 4,
     }
     settings.update(overrides)
@@ -131,7 +140,8 @@ def test_stale_latest_is_served_while_a_rebuild_runs_in_the_background() -> None
 
 
 def test_commit_tags_are_never_rebuilt() -> None:
-    service, builder, clock = make_service()
+    policy = AccessPolicy(flake="github:o/r", revisions=MemoryLockedRevisions(), commit_tags="any")
+    service, builder, clock = make_service(policy=policy)
     commit = "a" * 40
     service.resolve_tag("hello", commit)
     builder.release()
@@ -254,3 +264,122 @@ def test_probes_do_not_hold_build_slots() -> None:
     for name in ["x1", "x2", "x3"]:
         assert result_of(service.resolve_tag(name, "latest")).check(NameUnknown)
     assert [call[0] for call in builder.calls] == ["a"]
+
+
+# -- the access policy: asked before anything is planned ---------------------------------------
+
+
+def policy(**settings: Any) -> AccessPolicy:
+    return AccessPolicy(flake="github:o/r", revisions=MemoryLockedRevisions(), **settings)
+
+
+def test_a_name_outside_the_package_globs_is_unknown_on_every_route_and_never_planned() -> None:
+    service, builder, _ = make_service(policy=policy(packages=("hello", "tool-*")))
+    service.resolve_tag("tool-a", "latest")
+    builder.release()
+    for name in ("secret", "packages/secret", "applications/app/web"):
+        failure = result_of(service.resolve_tag(name, "latest"))
+        assert failure.check(NameUnknown) and failure.value.detail["refused_by"] == "NIXFORGE_PACKAGES"
+        assert result_of(service.manifest_by_digest(name, "sha256:" + "0" * 64)).check(NameUnknown)
+        assert result_of(service.blob(name, "sha256:" + "0" * 64)).check(NameUnknown)
+        assert result_of(service.tags(name)).check(NameUnknown)
+    assert [plan.target.name for plan in builder.plans] == ["tool-a"]
+
+
+def test_a_name_refused_later_is_no_longer_served_from_the_index_nor_listed() -> None:
+    service, builder, _ = make_service()
+    for name in ("hello", "secret"):
+        service.resolve_tag(name, "latest")
+        builder.release()
+    record = service.index.get("secret", "latest")
+    layer = json.loads(service.store.read(record.oci_digest))["layers"][0]["digest"]
+    service.policy = policy(packages=("hello",))
+    assert result_of(service.resolve_tag("secret", "latest")).check(NameUnknown)
+    assert result_of(service.manifest_by_digest("secret", record.oci_digest)).check(NameUnknown)
+    assert result_of(service.blob("secret", layer)).check(NameUnknown)
+    assert result_of(service.repositories()) == ["hello"]
+    assert len(builder.plans) == 2
+
+
+def test_packages_and_bare_names_are_one_image_for_the_globs() -> None:
+    allowed = policy(packages=("packages/hello", "tool-*"))
+    assert allowed.allows_name("hello") and allowed.allows_name("packages/hello")
+    assert allowed.allows_name("packages/tool-a") and allowed.allows_name("tool-a")
+    assert not allowed.allows_name("applications/hello/web") and not allowed.allows_name("hello2")
+
+
+def test_a_branch_outside_the_ref_globs_is_refused_with_the_setting_and_never_planned() -> None:
+    service, builder, _ = make_service(policy=policy(refs=("main", "v*")))
+    service.resolve_tag("hello", "v1.0")
+    builder.release()
+    failure = result_of(service.resolve_tag("hello", "feature-x"))
+    assert failure.check(ManifestUnknown)
+    assert failure.value.detail == {"tag": "feature-x", "refused_by": "NIXFORGE_REFS",
+                                    "reason": "this branch or git tag is not one the registry serves"}
+    assert result_of(service.resolve_tag("hello", "V1.0")).check(ManifestUnknown)  # globs are case-sensitive
+    assert [plan.tag for plan in builder.plans] == ["v1.0"]
+
+
+def test_latest_is_served_whatever_the_ref_globs_say() -> None:
+    service, builder, _ = make_service(policy=policy(refs=("main",), commit_tags="none"))
+    service.resolve_tag("hello", "latest")
+    builder.release()
+    assert service.index.get("hello", "latest") is not None
+
+
+def test_known_commit_tags_are_those_latest_or_an_allowed_branch_locked_for_any_package() -> None:
+    service, builder, _ = make_service(policy=policy(refs=("main",)))
+    first = revision_hash(1)
+    refused = result_of(service.resolve_tag("hello", first))
+    assert refused.check(ManifestUnknown) and refused.value.detail["refused_by"] == "NIXFORGE_COMMIT_TAGS"
+    assert builder.plans == []
+    service.resolve_tag("tool-a", "latest")  # locks the flake at revision 1
+    builder.release()
+    builder.revision = 2
+    service.resolve_tag("tool-a", "main")  # locks it at revision 2
+    builder.release()
+    for commit in (first, revision_hash(2)):
+        service.resolve_tag("hello", commit)  # another package, the same flake revision
+        builder.release()
+        assert service.index.get("hello", commit) is not None
+    assert result_of(service.resolve_tag("hello", revision_hash(3))).check(ManifestUnknown)
+    assert result_of(service.tags("hello")) == sorted([first, revision_hash(2)])
+
+
+def test_a_commit_locked_only_by_a_branch_no_longer_allowed_is_refused() -> None:
+    revisions = MemoryLockedRevisions()
+    revisions.record("github:o/r", revision_hash(7), "feature")
+    service, builder, _ = make_service(policy=AccessPolicy("github:o/r", revisions, refs=("main",)))
+    assert result_of(service.resolve_tag("hello", revision_hash(7))).check(ManifestUnknown)
+    service.policy = AccessPolicy("github:o/r", revisions, refs=("feat*",))
+    service.resolve_tag("hello", revision_hash(7))
+    assert len(builder.plans) == 1
+
+
+def test_revisions_of_another_flake_are_not_known() -> None:
+    revisions = MemoryLockedRevisions()
+    revisions.record("github:other/repo", revision_hash(1), "latest")
+    service, builder, _ = make_service(policy=AccessPolicy("github:o/r", revisions))
+    assert result_of(service.resolve_tag("hello", revision_hash(1))).check(ManifestUnknown)
+    assert builder.plans == []
+
+
+def test_a_pulled_commit_tag_is_not_recorded_as_known() -> None:
+    revisions = MemoryLockedRevisions()
+    service, builder, _ = make_service(policy=AccessPolicy("github:o/r", revisions, commit_tags="any"))
+    builder.revision = 9
+    service.resolve_tag("hello", revision_hash(9))
+    builder.release()
+    assert service.index.get("hello", revision_hash(9)) is not None
+    assert revisions.refs("github:o/r", revision_hash(9)) == frozenset()
+    service.policy = AccessPolicy("github:o/r", revisions, commit_tags="known")
+    assert result_of(service.resolve_tag("hello", revision_hash(9))).check(ManifestUnknown)
+
+
+def test_commit_tags_none_refuses_even_a_known_revision() -> None:
+    revisions = MemoryLockedRevisions()
+    revisions.record("github:o/r", revision_hash(1), "latest")
+    service, builder, _ = make_service(policy=AccessPolicy("github:o/r", revisions, commit_tags="none"))
+    failure = result_of(service.resolve_tag("hello", revision_hash(1)))
+    assert failure.check(ManifestUnknown) and "NIXFORGE_COMMIT_TAGS=none" in failure.value.detail["reason"]
+    assert builder.plans == []
