@@ -193,6 +193,8 @@ class ForgeProcess:
     log_level: str = "DEBUG"
     build_timeout: int = 300
     extra_args: list[str] = Factory(list)
+    # Variables added to twistd's environment (after nix_env() dropped the NIXFORGE_ ones).
+    extra_env: dict[str, str] = Factory(dict)
     # With a tac file, start `twistd -n -y <tac>` configured by environment variables only.
     tac: Path | None = None
     port: int | None = None
@@ -228,6 +230,7 @@ class ForgeProcess:
                 "NIXFORGE_DATA_DIR": str(self.data_dir), "LOG_LEVEL": self.log_level,
                 "NIX_BUILD_TIMEOUT": str(self.build_timeout),
             })
+        env.update(self.extra_env)
         return env
 
     def start(self, timeout: float = 30) -> ForgeProcess:
