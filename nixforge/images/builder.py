@@ -20,6 +20,7 @@ from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnk
 from nixforge.images.image_script import ScriptRunner
 from nixforge.images.targets import BuildTarget
 from nixforge.nix.client import NixAttributeMissing, NixClient, NixError, NixRefUnknown, NixTimeout
+from nixforge.nix.commands import STORE_PREFIX
 from nixforge.oci.closure_image import PackageMeta, assemble_closure_image
 from nixforge.oci.documents import ImageManifests
 from nixforge.oci.ingest import ingest_image
@@ -62,6 +63,8 @@ class ImageBuilder:
     timeout: float = 600.0
     max_layers: int = 100
     scripts: ScriptRunner = field(factory=ScriptRunner)
+    # Build outputs must resolve inside the Nix store (a symlink to a host file is refused).
+    store_prefix: str = STORE_PREFIX
 
     async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan:
         """Lock the flake (`nix flake metadata`) and probe a package (`nix eval`); no build yet."""
@@ -144,11 +147,19 @@ class ImageBuilder:
         A streamLayeredImage output is a script that writes the docker-archive to stdout: it is run
         (argv, no shell, its own process group, killed at the deadline) and ingested as it streams.
         """
+        path = self._inside_store(path)
         if self.scripts.is_script(path):
             manifests = self.scripts.ingest_output(self.store, path, labels, deadline - self.clock.seconds())
         else:
             manifests = ingest_image(self.store, path, labels)
         return self._stored(manifests)
+
+    def _inside_store(self, path: str) -> str:
+        """The real path of a build output; BuildFailed if it resolves outside the Nix store."""
+        real = os.path.realpath(path)
+        if not real.startswith(self.store_prefix):
+            raise BuildFailed("the build output resolves outside the Nix store", {"output": path})
+        return real
 
     def _assemble(self, closure: Any, meta: PackageMeta) -> ImageManifests:
         """Worker thread: assemble an image from a closure and store both manifests."""
@@ -165,13 +176,13 @@ class ImageBuilder:
 
 
 def _application_image(target: BuildTarget, output: str) -> str:
-    """The `<img>.tar.gz` of an application's containers output (links followed), or NameUnknown."""
+    """The `<img>.tar.gz` of an application's containers output, or NameUnknown."""
     assert target.image_file is not None
     path = os.path.join(output, target.image_file)
     if not os.path.exists(path):
         raise NameUnknown("the application has no such container image",
                           {"name": target.name, "file": target.image_file})
-    return os.path.realpath(path)
+    return path
 
 
 def _labels(target: BuildTarget, flake_ref: str, metadata: dict[str, object]) -> dict[str, str]:

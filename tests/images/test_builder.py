@@ -52,7 +52,8 @@ class FakeNix:
 def make_builder(nix: FakeNix, tmp_path: Path, clock: Clock | None = None) -> tuple[ImageBuilder, MemoryBlobStore]:
     store = MemoryBlobStore()
     builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(str(tmp_path / "layers")),  # type: ignore[arg-type]
-                           run_in_thread=lambda f, *a: maybeDeferred(f, *a), clock=clock or Clock(), timeout=60)
+                           run_in_thread=lambda f, *a: maybeDeferred(f, *a), clock=clock or Clock(), timeout=60,
+                           store_prefix=str(tmp_path) + "/")
     return builder, store
 
 
@@ -137,3 +138,21 @@ def test_no_time_left_is_a_timeout(tmp_path: Path) -> None:
     clock = Clock()
     builder, _ = make_builder(SlowMetadataNix({}), tmp_path, clock)
     assert run(builder.plan(target_for("hello"), "path:/f", "latest")).check(BuildTimedOut)
+
+
+@pytest.mark.parametrize("output", ["image.tar.gz", "out"])
+def test_an_output_resolving_outside_the_store_is_refused(tmp_path: Path, output: str) -> None:
+    """A `.image` (or an application's `<img>.tar.gz`) that is a symlink out of the store is never read."""
+    outside = tmp_path.parent / f"{tmp_path.name}-host"
+    outside.mkdir()
+    write_archive(outside / "image.tar.gz")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "web.tar.gz").symlink_to(outside / "image.tar.gz")
+    (tmp_path / "image.tar.gz").symlink_to(outside / "image.tar.gz")
+    name, attribute = ("hello", "hello.image")
+    if output == "out":
+        name, attribute = ("applications/app/web", "app.containers")
+    builder, _ = make_builder(FakeNix({attribute: str(tmp_path / output)}), tmp_path)
+    failure = run(plan_and_build(builder, name, "path:/f", "latest"))
+    assert failure.check(BuildFailed) and "outside the Nix store" in failure.value.message
+    assert str(outside) not in json.dumps(failure.value.detail)
