@@ -146,3 +146,12 @@ class NixLog:
                 self.errors.append(event.text)
         if parsed.stopped is not None:
             self._builds.pop(parsed.stopped, None)
+
+
+# What Nix prints when it gets SIGTERM, which nixforge sends, not a user.
+_INTERRUPTED = "interrupted by the user"
+
+
+def killed_tail(lines: list[str], reason: str) -> list[str]:
+    """The log tail of a nix run nixforge killed: Nix's "interrupted by the user" replaced by `reason`."""
+    return [*(line for line in lines if _INTERRUPTED not in line), reason]
