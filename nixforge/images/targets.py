@@ -15,7 +15,7 @@ from nixforge.errors import ManifestUnknown, NameUnknown
 _ATTRIBUTE = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _GIT_HOSTED = ("github:", "gitlab:", "sourcehut:")
-# The words of the name scheme itself: `packages` and `applications` name no package.
+# The words of the name scheme itself: alone, `packages` and `applications` name no package.
 _RESERVED = frozenset({"packages", "applications"})
 _HINT = "use <pkg>, packages/<pkg> or applications/<app>/<image>"
 
@@ -61,7 +61,7 @@ class BuildTarget:
 
 
 def _attribute(text: str, name: str) -> str:
-    if not _ATTRIBUTE.fullmatch(text) or text in _RESERVED:
+    if not _ATTRIBUTE.fullmatch(text) or name in _RESERVED:
         raise NameUnknown("repository name does not map to a flake attribute", {"name": name, "hint": _HINT})
     return text
 
