@@ -168,7 +168,8 @@ class ImageBuilder:
                 raise BuildFailed("cannot fetch the flake", {"flake": flake_ref, "log": error.log_tail}) from error
             raise ManifestUnknown("no such tag in the flake", {"tag": tag, "flake": flake_ref}) from error
         except NixTimeout as error:
-            raise BuildTimedOut(f"build timed out after {self.timeout:g} seconds", {"log": error.log_tail}) from error
+            log_tail = [*error.log_tail, f"killed after the {self.timeout:g} s build timeout"]
+            raise BuildTimedOut(f"build timed out after {self.timeout:g} seconds", {"log": log_tail}) from error
         except NixError as error:
             raise BuildFailed("nix build failed", {"error": error.message, "log": error.log_tail}) from error
 

@@ -214,10 +214,10 @@ class NixClient:
         """Parse a finished run or raise the NixError that describes its failure."""
         tail = list(nix_log.tail)
         if outcome.timed_out:
-            reason = f"killed after the {timeout:g} s build timeout"
-            raise NixTimeout(f"{command} {reason}", timeout, outcome.exit_code, killed_tail(tail, reason))
+            raise NixTimeout(f"{command} killed after {timeout:.1f} s, at its timeout", timeout,
+                             outcome.exit_code, killed_tail(tail))
         if outcome.terminated:
-            raise NixError(f"{command} was stopped", outcome.exit_code, killed_tail(tail, "stopped by nixforge"))
+            raise NixError(f"{command} was stopped", outcome.exit_code, killed_tail(tail))
         if outcome.exit_code != 0:
             raise classify_failure(outcome.exit_code, list(nix_log.errors), tail)
         try:

@@ -152,6 +152,6 @@ class NixLog:
 _INTERRUPTED = "interrupted by the user"
 
 
-def killed_tail(lines: list[str], reason: str) -> list[str]:
-    """The log tail of a nix run nixforge killed: Nix's "interrupted by the user" replaced by `reason`."""
-    return [*(line for line in lines if _INTERRUPTED not in line), reason]
+def killed_tail(lines: list[str]) -> list[str]:
+    """The log tail of a nix run nixforge killed, without Nix's misleading "interrupted by the user"."""
+    return [line for line in lines if _INTERRUPTED not in line]

@@ -264,6 +264,10 @@ def test_build_timeout_is_504_and_leaves_no_process(forge_factory: ForgeFactory,
     elapsed = time.monotonic() - started
     assert response.status == 504, (response.status, response.body, forge.log_tail())
     assert elapsed < 20
+    # The log tail says what happened; Nix's "interrupted by the user" (our TERM) would mislead.
+    tail = response.json()["errors"][0]["detail"]["log"]
+    assert tail[-1] == "killed after the 3 s build timeout", tail
+    assert "interrupted by the user" not in response.body.decode()
     assert wait_until(lambda: not processes_matching(marker), timeout=10), processes_matching(marker)
 
 

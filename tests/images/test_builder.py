@@ -177,6 +177,9 @@ def test_nix_failures_become_registry_errors(tmp_path: Path, error: Exception, t
     assert failure.check(expected)
     if expected is BuildFailed and isinstance(error, NixError) and error.log_tail:
         assert failure.value.detail["log"] == error.log_tail
+        assert failure.value.detail["error"] == error.message
+    if expected is BuildTimedOut:
+        assert failure.value.detail["log"] == ["sleeping", "killed after the 60 s build timeout"]
 
 
 def test_output_that_is_not_an_image_fails_the_build(tmp_path: Path) -> None:

@@ -115,7 +115,7 @@ def test_timeout_kills_the_build_and_leaves_nothing_running(reactor: Any, make_f
         yield build
     assert reactor.seconds() - started < 8
     assert caught.value.timeout == 2
-    assert caught.value.log_tail[-1] == "killed after the 2 s build timeout"
+    assert caught.value.log_tail  # Nix's own lines are kept, but not its "interrupted by the user"
     assert not any("interrupted by the user" in line for line in caught.value.log_tail)
     assert living(marker) == []
     with pytest.raises(ProcessLookupError):
