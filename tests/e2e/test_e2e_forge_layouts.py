@@ -167,6 +167,14 @@ def test_an_application_without_containers_says_so(nix_forge: ForgeProcess) -> N
     assert "has no containers" in error["message"]
 
 
+def test_an_image_file_linked_out_of_the_store_is_refused(nix_forge: ForgeProcess) -> None:
+    response = nix_forge.get("/v2/applications/escape/web/manifests/latest", {"Accept": OCI_ACCEPT})
+    assert response.status == 500, (response.status, response.body)
+    (error,) = response.json()["errors"]
+    assert "outside the Nix store" in error["message"]
+    assert "escape" not in nix_forge.get("/v2/_catalog").body.decode()
+
+
 def test_a_made_up_application_is_remembered_as_missing(nix_forge: ForgeProcess) -> None:
     before = len(nix_forge.matching_lines(NIX_RUN))
     for _ in range(3):
