@@ -152,7 +152,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Most layers of an image assembled from a closure, the customisation layer included (2 to 125)."),
     Setting("nix_binary", "NIXFORGE_NIX", "nix", "nix", str, "The nix executable."),
     Setting("accept_flake_config", "NIXFORGE_ACCEPT_FLAKE_CONFIG", "accept-flake-config", "true", _boolean,
-            "true: pass --accept-flake-config to Nix, trusting the flake's nixConfig (substituters, keys)."),
+            "true or false: true passes --accept-flake-config to Nix, trusting the configured flake's "
+            "nixConfig (its substituters and signing keys)."),
     Setting("nix_options", "NIXFORGE_NIX_OPTIONS", None, "", parse_nix_options,
             "Extra Nix settings, NAME=VALUE separated by ';' (also --nix-option, repeatable)."),
 )

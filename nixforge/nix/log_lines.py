@@ -148,10 +148,10 @@ class NixLog:
             self._builds.pop(parsed.stopped, None)
 
 
-# What Nix prints when it gets SIGTERM, which nixforge sends, not a user.
-_INTERRUPTED = "interrupted by the user"
+# What Nix itself says when it gets SIGTERM, which nixforge sends, not a user.
+_INTERRUPTED = re.compile(r"(?:error: )?interrupted by the user\.?")
 
 
 def killed_tail(lines: list[str]) -> list[str]:
     """The log tail of a nix run nixforge killed, without Nix's misleading "interrupted by the user"."""
-    return [line for line in lines if _INTERRUPTED not in line]
+    return [line for line in lines if not _INTERRUPTED.fullmatch(line.strip())]
