@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -288,6 +289,13 @@ class ForgeProcess:
                         f"argv: {self.argv()}\nlog tail:\n" + "\n".join(self.lines[-40:])
                     )
                 self._changed.wait(remaining)
+
+    def sync_log(self, timeout: float = 30) -> None:
+        """Wait until every line the registry logged so far has been read (the log is a pipe that
+        a thread reads: a line logged during the last request may not be in `lines` yet)."""
+        token = secrets.token_hex(8)
+        self.get(f"/v2/?sync={token}")
+        self.wait_for(re.compile(re.escape(token)), timeout, what=f"the access log line of sync {token}")
 
     def matching_lines(self, pattern: re.Pattern[str]) -> list[str]:
         """The log lines so far that match `pattern`."""

@@ -56,8 +56,15 @@ def ngi_forge(tmp_path_factory: pytest.TempPathFactory, ngi_forge_flake: str) ->
     forge.stop()
 
 
+def nix_run_count(forge: ForgeProcess) -> int:
+    """How many nix commands the registry has started so far (its log read up to now)."""
+    forge.sync_log()
+    return len(forge.matching_lines(NIX_RUN))
+
+
 def nix_runs_since(forge: ForgeProcess, before: int) -> list[str]:
     """The nix command lines the registry started after its first `before` ones."""
+    forge.sync_log()
     return [line.split("running ", 1)[1] for line in forge.matching_lines(NIX_RUN)[before:]]
 
 
@@ -81,7 +88,7 @@ def not_found(forge: ForgeProcess, name: str) -> dict:
 def test_nix_runs_with_no_experimental_feature_configured(nix_forge: ForgeProcess) -> None:
     """The registry's NIX_CONFIG turns nothing on; nixforge's own argv turns on what it needs."""
     assert re.search(r"experimental-features\s*=\s*$", nix_forge.environment()["NIX_CONFIG"], re.MULTILINE)
-    before = len(nix_forge.matching_lines(NIX_RUN))
+    before = nix_run_count(nix_forge)
     nix_forge.manifest("hello")
     runs = nix_runs_since(nix_forge, before)
     assert [run.split()[1] for run in runs] == ["flake", "eval", "build"], runs
@@ -116,7 +123,7 @@ def test_one_application_image_builds_alone_while_its_sibling_fails(
     nix_forge: ForgeProcess, podman: Podman, tmp_path: Path
 ) -> None:
     """`shop.containers` has `entries`: a pull of web builds only its entry; broken is never built."""
-    before = len(nix_forge.matching_lines(NIX_RUN))
+    before = nix_run_count(nix_forge)
     source = f"docker://{nix_forge.registry}/applications/shop/web:latest"
     run_tool(["skopeo", "copy", "--src-tls-verify=false", source, f"oci:{tmp_path / 'layout'}:web"])
     builds = [run for run in nix_runs_since(nix_forge, before) if run.split()[1] == "build"]
@@ -141,20 +148,20 @@ def test_the_failing_sibling_is_a_500_with_its_reason_in_the_info_log(
 
 
 def test_containers_without_entries_are_built_whole_and_the_file_picked(nix_forge: ForgeProcess) -> None:
-    before = len(nix_forge.matching_lines(NIX_RUN))
+    before = nix_run_count(nix_forge)
     config = config_of(nix_forge, "applications/legacy/api:latest")
     assert config["config"]["Cmd"][0].endswith("-api/bin/api")
     builds = [run for run in nix_runs_since(nix_forge, before) if run.split()[1] == "build"]
     assert len(builds) == 1 and builds[0].endswith("#legacy.containers"), builds
     error = not_found(nix_forge, "applications/legacy/nope")
     assert (error["code"], error["message"]) == ("NAME_UNKNOWN", "the application has no such container image")
-    remembered = len(nix_forge.matching_lines(NIX_RUN))
+    remembered = nix_run_count(nix_forge)
     assert not_found(nix_forge, "applications/legacy/nope")["code"] == "NAME_UNKNOWN"
-    assert len(nix_forge.matching_lines(NIX_RUN)) == remembered
+    assert nix_run_count(nix_forge) == remembered
 
 
 def test_an_image_the_entries_do_not_list_is_unknown_without_a_build(nix_forge: ForgeProcess) -> None:
-    before = len(nix_forge.matching_lines(NIX_RUN))
+    before = nix_run_count(nix_forge)
     error = not_found(nix_forge, "applications/shop/nope")
     assert error["code"] == "NAME_UNKNOWN"
     assert error["detail"]["images"] == ["broken.tar.gz", "web.tar.gz"]
@@ -176,7 +183,7 @@ def test_an_image_file_linked_out_of_the_store_is_refused(nix_forge: ForgeProces
 
 
 def test_a_made_up_application_is_remembered_as_missing(nix_forge: ForgeProcess) -> None:
-    before = len(nix_forge.matching_lines(NIX_RUN))
+    before = nix_run_count(nix_forge)
     for _ in range(3):
         assert not_found(nix_forge, "applications/made-up/web")["code"] == "NAME_UNKNOWN"
     # One plan (lock + probe) for the first pull; the repeats cost no Nix run at all.
@@ -187,7 +194,7 @@ def test_a_made_up_application_is_remembered_as_missing(nix_forge: ForgeProcess)
 
 
 def test_a_flat_dotted_package_is_built_from_its_closure_and_runs(ngi_forge: ForgeProcess, podman: Podman) -> None:
-    before = len(ngi_forge.matching_lines(NIX_RUN))
+    before = nix_run_count(ngi_forge)
     image = f"{ngi_forge.registry}/pkgs.hello:latest"
     podman("pull", "--tls-verify=false", image)
     assert podman.run_image(image) == "Hello from pkgs.hello of an ngi forge\n"

@@ -204,23 +204,27 @@ def test_invalid_reference_is_400_without_build(shared_forge: ForgeProcess, path
 def test_what_names_no_image_is_404_without_nix(shared_forge: ForgeProcess, path: str, code: str,
                                                  method: str) -> None:
     """A reference that is no tag or digest, a name that can't be a package: 404, and no Nix run."""
+    shared_forge.sync_log()
     runs = len(shared_forge.matching_lines(NIX_RUN))
     response = shared_forge.get(path, {"Accept": OCI_ACCEPT}, method=method)
     assert response.status == 404, (response.status, response.body)
     if method == "GET":
         assert response.error_codes() == [code]
         assert response.json()["errors"][0]["detail"]
+    shared_forge.sync_log()
     assert len(shared_forge.matching_lines(NIX_RUN)) == runs
 
 
 def test_an_attribute_that_is_no_derivation_is_404_and_remembered(shared_forge: ForgeProcess) -> None:
     """`packages/packages` makes Nix find the flake's `packages` attrset: one probe says it's no package."""
+    shared_forge.sync_log()
     runs = len(shared_forge.matching_lines(NIX_RUN))
     for _ in range(3):
         response = shared_forge.get("/v2/packages/packages/manifests/latest", {"Accept": OCI_ACCEPT})
         assert response.status == 404, (response.status, response.body)
         assert response.error_codes() == ["NAME_UNKNOWN"]
     # One plan: `nix flake metadata` and one `nix eval`, never a build; the repeats cost nothing.
+    shared_forge.sync_log()
     new_runs = shared_forge.matching_lines(NIX_RUN)[runs:]
     assert [line.split("running ", 1)[1].split()[1] for line in new_runs] == ["flake", "eval"], new_runs
 
