@@ -99,6 +99,8 @@ def _host(text: str) -> str:
 
 def _layer_budget(text: str) -> int:
     value = _positive_int(text)
+    if value < 2:
+        raise ValueError("must be at least 2 (the customisation layer and one closure layer)")
     if value > MAX_LAYER_BUDGET:
         raise ValueError(f"must be at most {MAX_LAYER_BUDGET} (overlayfs limit)")
     return value
@@ -127,6 +129,19 @@ def _user(text: str) -> str:
     except KeyError:
         raise ValueError("no such user") from None
     return text
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _boolean(text: str) -> bool:
+    word = text.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
 
 
 def parse_nix_options(text: str) -> tuple[tuple[str, str], ...]:
@@ -165,8 +180,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_queued_builds", "NIXFORGE_MAX_QUEUED_BUILDS", "max-queued-builds", "16", _positive_int,
             "Builds waiting for a slot before pulls get 429."),
     Setting("max_layers", "NIXFORGE_MAX_LAYERS", "max-layers", "100", _layer_budget,
-            "Layer budget of an image assembled from a closure (at most 125)."),
+            "Most layers of an image assembled from a closure, the customisation layer included (2 to 125)."),
     Setting("nix_binary", "NIXFORGE_NIX", "nix", "nix", str, "The nix executable."),
+    Setting("accept_flake_config", "NIXFORGE_ACCEPT_FLAKE_CONFIG", "accept-flake-config", "true", _boolean,
+            "true or false: true passes --accept-flake-config to Nix, trusting the configured flake's "
+            "nixConfig (its substituters and signing keys)."),
     Setting("nix_options", "NIXFORGE_NIX_OPTIONS", None, "", parse_nix_options,
             "Extra Nix settings, NAME=VALUE separated by ';' (also --nix-option, repeatable)."),
     Setting("packages", "NIXFORGE_PACKAGES", "packages", "*", _globs(_NAME_GLOB, "hello,tool-*"),
@@ -199,6 +217,7 @@ class ForgeConfig:
     max_queued_builds: int = 16
     max_layers: int = 100
     nix_binary: str = "nix"
+    accept_flake_config: bool = True
     nix_options: tuple[tuple[str, str], ...] = ()
     packages: tuple[str, ...] = ("*",)
     refs: tuple[str, ...] = ("*",)

@@ -6,7 +6,7 @@ import re
 
 from attrs import frozen
 
-from nixforge.errors import DigestInvalid, NameInvalid, TagInvalid
+from nixforge.errors import DigestInvalid, ManifestUnknown, NameInvalid, TagInvalid
 
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 NAME_PATTERN = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
@@ -64,7 +64,19 @@ def parse_digest(text: str) -> Digest:
 
 
 def parse_reference(text: str, max_tag_length: int = 128) -> Tag | Digest:
-    """Parse a manifest reference: a digest if it has a colon, otherwise a tag."""
+    """Parse a manifest reference: a digest if it has a colon, otherwise a tag.
+
+    A malformed digest is DigestInvalid (400). Any other reference that is no valid tag names no
+    manifest there can be: ManifestUnknown (404), as the conformance suite expects, saying why.
+    """
     if ":" in text:
         return parse_digest(text)
-    return validate_tag(text, max_tag_length)
+    try:
+        return validate_tag(text, max_tag_length)
+    except TagInvalid:
+        raise ManifestUnknown(
+            "manifest unknown: the reference is neither a valid tag nor a digest",
+            {"reference": text[:max_tag_length + 1],
+             "reason": f"a tag matches {TAG_PATTERN.pattern} and has at most {max_tag_length} characters; "
+                       "a digest is algorithm:hex"},
+        ) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -92,6 +93,7 @@ def config_or_exit(
     try:
         config = ForgeConfig.from_sources(environ, options, port, nix_options)
         check_endpoint(config.endpoint)
+        check_data_dir(config.data_dir)
     except ConfigError as error:
         raise SystemExit(f"nixforge: {error}") from None
     return config
@@ -105,6 +107,18 @@ def check_endpoint(description: str) -> None:
         endpoints.serverFromString(reactor, description)
     except (ValueError, KeyError, TypeError, ImportError, OSError) as error:
         raise ConfigError(f"invalid --port={description!r}: {error}") from None
+
+
+def check_data_dir(path: str) -> None:
+    """Raise ConfigError unless `path` is (or can be made) a directory nixforge can write in."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".nixforge-write-check-", dir=path)
+        os.close(handle)
+        os.unlink(probe)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ConfigError(f"cannot use the data dir {path!r} (--data-dir, NIXFORGE_DATA_DIR): {reason}") from None
 
 
 class _ListeningService(StreamServerEndpointService):
@@ -166,7 +180,7 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     store = FilesystemBlobStore(config.data_dir)
     index = FilesystemTagIndex(config.data_dir)
     nix = NixClient(reactor=reactor, nix_binary=config.nix_binary, options=config.nix_options,
-                    timeout=config.build_timeout)
+                    accept_flake_config=config.accept_flake_config, timeout=config.build_timeout)
     scripts = ScriptRunner(ScriptUser.for_this_process(config.script_user))
     builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(os.path.join(config.data_dir, "layers")),
                            run_in_thread=run_in_thread, clock=reactor, timeout=config.build_timeout,

@@ -13,9 +13,12 @@ mkdir -p "$flake_dir"
 cp "$repo"/examples/demo-flake/*.nix "$flake_dir/"
 cp /bin/busybox "$flake_dir/busybox"
 
+# Offline: no binary cache. nixforge turns on the Nix features it needs (nix-command, flakes) itself.
 if [ -z "${NIX_CONFIG:-}" ]; then
-    export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command flakes'
+    export NIX_CONFIG='substituters ='
 fi
+
+echo "quickstart.sh: serving the demo flake copied to $flake_dir on port ${FLASK_PORT:-5000}; Ctrl-C stops it" >&2
 
 exec "$repo/.venv/bin/twistd" -n --pidfile= nixforge \
     --flake "path:$flake_dir" --port "${FLASK_PORT:-5000}"

@@ -8,8 +8,9 @@ cd "$repo"
 
 scripts/setup.sh
 
-# Offline Nix: no binary cache, flakes enabled.
-export NIX_CONFIG=$'substituters =\nexperimental-features = nix-command flakes'
+# Offline Nix: no binary cache. No experimental feature is turned on here: nixforge (and the
+# tests' own nix calls) turn on nix-command and flakes in their argv, as with a stock nix.conf.
+export NIX_CONFIG='substituters ='
 
 .venv/bin/ruff check .
 

@@ -1,5 +1,7 @@
 """Settings come from the environment with the documented defaults; twistd options win."""
 
+from pathlib import Path
+
 import pytest
 
 from nixforge.config import ConfigError, ForgeConfig
@@ -34,16 +36,16 @@ def test_environment_is_read() -> None:
     assert config.nix_options == (("substituters", ""), ("sandbox", "false"))
 
 
-def test_options_override_environment() -> None:
+def test_options_override_environment(tmp_path: Path) -> None:
     options = Options()
     options.parseOptions(["--port", "tcp:0:interface=127.0.0.1", "--flake", "path:/x", "--build-timeout", "5",
-                          "--nix-option", "sandbox=false", "--data-dir", "/tmp/d", "--log-level", "warn"])
+                          "--nix-option", "sandbox=false", "--data-dir", str(tmp_path / "d"), "--log-level", "warn"])
     config = options.config
     assert config.endpoint == "tcp:0:interface=127.0.0.1"
     assert config.flake == "path:/x"
     assert config.build_timeout == 5
     assert ("sandbox", "false") in config.nix_options
-    assert config.data_dir == "/tmp/d"
+    assert config.data_dir == str(tmp_path / "d")
     assert config.log_level == "WARN"
 
 
@@ -62,6 +64,7 @@ def test_state_directory_is_the_default_data_dir() -> None:
     ("FLASK_HOST", "a b"), ("NIXFORGE_MAX_LAYERS", "500"), ("NIXFORGE_NIX_OPTIONS", "no-equals"),
     ("NIXFORGE_PACKAGES", "hello,,tool-*"), ("NIXFORGE_PACKAGES", "Hello"), ("NIXFORGE_REFS", "main,a/b"),
     ("NIXFORGE_COMMIT_TAGS", "some"), ("NIXFORGE_SCRIPT_USER", "no-such-user-here"),
+    ("NIXFORGE_MAX_LAYERS", "1"), ("NIXFORGE_ACCEPT_FLAKE_CONFIG", "maybe"),
 ])
 def test_bad_values_are_refused_with_one_line(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -93,3 +96,37 @@ def test_a_bad_script_user_stops_start_up_with_one_line() -> None:
     with pytest.raises(SystemExit) as caught:
         config_or_exit({"NIXFORGE_SCRIPT_USER": "no-such-user-here"})
     assert str(caught.value) == "nixforge: invalid NIXFORGE_SCRIPT_USER='no-such-user-here': no such user"
+
+
+@pytest.mark.parametrize("text, expected", [
+    (None, True), ("true", True), ("1", True), ("YES", True), ("false", False), ("0", False), ("no", False),
+])
+def test_accept_flake_config_is_on_unless_turned_off(text: str | None, expected: bool) -> None:
+    environ = {} if text is None else {"NIXFORGE_ACCEPT_FLAKE_CONFIG": text}
+    assert ForgeConfig.from_sources(environ).accept_flake_config is expected
+
+
+def test_accept_flake_config_option_wins(tmp_path: Path) -> None:
+    options = Options()
+    options.parseOptions(["--accept-flake-config", "false", "--data-dir", str(tmp_path)])
+    assert options.config.accept_flake_config is False
+    options = Options()
+    with pytest.raises(SystemExit) as caught:
+        options.parseOptions(["--accept-flake-config=sometimes", "--data-dir", str(tmp_path)])
+    assert "--accept-flake-config" in str(caught.value)
+
+
+def test_a_data_dir_that_is_a_file_ends_start_up_with_one_line(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    for data_dir in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(SystemExit) as caught:
+            config_or_exit({"NIXFORGE_DATA_DIR": str(data_dir)})
+        message = str(caught.value)
+        assert message.startswith("nixforge: cannot use the data dir") and str(data_dir) in message
+        assert "\n" not in message
+
+
+def test_a_usable_data_dir_is_created_and_left_clean(tmp_path: Path) -> None:
+    config = config_or_exit({"NIXFORGE_DATA_DIR": str(tmp_path / "new" / "data")})
+    assert Path(config.data_dir).is_dir()
+    assert list(Path(config.data_dir).iterdir()) == []

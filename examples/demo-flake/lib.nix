@@ -1,7 +1,7 @@
 # Builders for flakes without nixpkgs: packages from /bin/sh scripts, a busybox package, and
 # docker-archives (.tar.gz, laid out as dockerTools.buildImage makes them) holding a package's closure.
 # Builders use the host's coreutils/tar/gzip (the sandbox is off on these machines).
-# Kept identical in tests/fixtures/flakes/forge/lib.nix and examples/demo-flake/lib.nix.
+# The tests copy this file into their fixture flakes (tests/e2e/e2e_support.py: prepare_flake).
 { system, busyboxFile }:
 let
   arch = { "x86_64-linux" = "amd64"; "aarch64-linux" = "arm64"; }.${system};
@@ -58,10 +58,20 @@ rec {
       };
     };
 
-  # A directory of images named <img>.tar.gz, as `<app>.containers` provides them.
-  mkContainers = name: images: run "${name}-containers" (''
-    mkdir $out
-  '' + builtins.concatStringsSep "" (map (img: ''
-    cp ${images.${img}} $out/${img}.tar.gz
-  '') (builtins.attrNames images))) { };
+  # `<app>.containers` as nix-forge makes it with nixpkgs' linkFarm: a directory of links named
+  # <img>.tar.gz (plus compose.yaml), carrying `entries` ("<img>.tar.gz" → image) so one image
+  # builds alone. `withoutEntries` drops `entries`, for flakes whose containers don't carry them.
+  mkContainers = name: images:
+    let
+      entries = builtins.listToAttrs (map (img: { name = "${img}.tar.gz"; value = images.${img}; })
+        (builtins.attrNames images));
+    in
+    run "${name}-containers" (''
+      mkdir $out
+      echo "services: {}" > $out/compose.yaml
+    '' + builtins.concatStringsSep "" (map (file: ''
+      ln -s ${entries.${file}} $out/${file}
+    '') (builtins.attrNames entries))) { } // { inherit entries; };
+
+  withoutEntries = containers: builtins.removeAttrs containers [ "entries" ];
 }

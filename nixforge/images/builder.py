@@ -11,7 +11,7 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from attrs import define, field, frozen
+from attrs import define, evolve, field, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -20,7 +20,6 @@ from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnk
 from nixforge.images.image_script import ScriptRunner
 from nixforge.images.targets import BuildTarget
 from nixforge.nix.client import NixAttributeMissing, NixClient, NixError, NixRefUnknown, NixTimeout
-from nixforge.nix.commands import STORE_PREFIX
 from nixforge.oci.closure_image import PackageMeta, assemble_closure_image
 from nixforge.oci.documents import ImageManifests
 from nixforge.oci.ingest import ingest_image
@@ -30,10 +29,18 @@ from nixforge.store.interfaces import IBlobStore
 log = Logger()
 T = TypeVar("T")
 
-# Asked of a package before building it: does the flake give it an image, and what does it run?
+# Asked of a package before building it (one `nix eval`): is it a derivation at all (`packages` is
+# an attrset), does the flake give it an image, and what does it run?
 PACKAGE_PROBE = (
-    "p: { hasImage = p ? image; mainProgram = p.meta.mainProgram or null;"
-    " pname = p.pname or p.name or null; }"
+    'p: { isDerivation = (p.type or null) == "derivation"; hasImage = p ? image;'
+    " mainProgram = p.meta.mainProgram or null; pname = p.pname or p.name or null; }"
+)
+# Asked of an application (one `nix eval`): has it containers, and do they list their images
+# (nixpkgs' linkFarm carries `entries`), so that one image can be built alone?
+APPLICATION_PROBE = (
+    "a: { hasContainers = a ? containers;"
+    " entries = if a ? containers && a.containers ? entries"
+    " then builtins.attrNames a.containers.entries else null; }"
 )
 
 
@@ -48,6 +55,7 @@ class BuildPlan:
     labels: dict[str, str]
     has_image: bool = False
     main_program: str | None = None
+    has_entries: bool = False
     revision: str | None = None
 
 
@@ -63,11 +71,10 @@ class ImageBuilder:
     timeout: float = 600.0
     max_layers: int = 100
     scripts: ScriptRunner = field(factory=ScriptRunner)
-    # Build outputs must resolve inside the Nix store (a symlink to a host file is refused).
-    store_prefix: str = STORE_PREFIX
+    store_dir: str = "/nix/store"
 
     async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan:
-        """Lock the flake (`nix flake metadata`) and probe a package (`nix eval`); no build yet."""
+        """Lock the flake (`nix flake metadata`) and probe the target (one `nix eval`); no build yet."""
         deadline = self.clock.seconds() + self.timeout
 
         async def probe() -> BuildPlan:
@@ -75,18 +82,25 @@ class ImageBuilder:
             url = metadata.get("url")
             locked = url if isinstance(url, str) else flake_ref
             labels = _labels(target, flake_ref, metadata)
-            revision = locked_revision(metadata)
+            plan = BuildPlan(target, tag, flake_ref, locked, labels, revision=locked_revision(metadata))
             if target.kind == "application":
-                return BuildPlan(target, tag, flake_ref, locked, labels, revision=revision)
-            answer = await self.nix.eval_json(
-                f"{locked}#{target.attribute}", apply=PACKAGE_PROBE, timeout=self._left(deadline))
-            if not isinstance(answer, dict):
-                raise BuildFailed("unexpected answer from nix eval", {"answer": repr(answer)[:200]})
+                answer = await self._probe(f"{locked}#{target.path()}", APPLICATION_PROBE, deadline)
+                return evolve(plan, has_entries=_application_entries(target, answer))
+            answer = await self._probe(f"{locked}#{target.path()}", PACKAGE_PROBE, deadline)
+            if answer.get("isDerivation") is not True:
+                raise NameUnknown("the flake has no such package: that attribute is not a derivation",
+                                  {"name": target.name, "flake": flake_ref})
             main = answer.get("mainProgram")
-            return BuildPlan(target, tag, flake_ref, locked, labels, bool(answer.get("hasImage")),
-                             main if isinstance(main, str) else None, revision)
+            return evolve(plan, has_image=bool(answer.get("hasImage")),
+                          main_program=main if isinstance(main, str) else None)
 
         return await self._mapped(probe, target, flake_ref, tag)
+
+    async def _probe(self, installable: str, apply: str, deadline: float) -> dict[str, Any]:
+        answer = await self.nix.eval_json(installable, apply=apply, timeout=self._left(deadline))
+        if not isinstance(answer, dict):
+            raise BuildFailed("unexpected answer from nix eval", {"answer": repr(answer)[:200]})
+        return answer
 
     async def build(self, plan: BuildPlan) -> ImageManifests:
         """Build the planned image, store its blobs and both manifests, and return them.
@@ -95,23 +109,41 @@ class ImageBuilder:
         while a branch moves.
         """
         deadline = self.clock.seconds() + self.timeout
-        installable = f"{plan.locked}#{plan.target.attribute}"
+        target = plan.target
+
+        def installable(path: str) -> str:
+            return f"{plan.locked}#{path}"
 
         async def run() -> ImageManifests:
-            if plan.target.kind == "application":
-                outputs = await self.nix.build(installable + ".containers", timeout=self._left(deadline))
-                path = _application_image(plan.target, outputs[0])
+            if target.kind == "application" and plan.has_entries:
+                outputs = await self.nix.build(installable(target.entry_path()), timeout=self._left(deadline))
+                path = self._in_store(outputs[0], target)
+                return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
+            if target.kind == "application":
+                outputs = await self.nix.build(installable(target.path("containers")), timeout=self._left(deadline))
+                path = self._in_store(_application_image(target, outputs[0]), target)
                 return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
             if plan.has_image:
-                outputs = await self.nix.build(installable + ".image", timeout=self._left(deadline))
-                return await self.run_in_thread(self._ingest, outputs[0], plan.labels, deadline)
-            outputs = await self.nix.build(installable, timeout=self._left(deadline))
+                outputs = await self.nix.build(installable(target.path("image")), timeout=self._left(deadline))
+                path = self._in_store(outputs[0], target)
+                return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
+            outputs = await self.nix.build(installable(target.path()), timeout=self._left(deadline))
+            self._in_store(outputs[0], target)
             closure = await self.nix.closure(outputs[0], timeout=self._left(deadline))
-            meta = PackageMeta(name=plan.target.attribute, out_path=outputs[0],
+            meta = PackageMeta(name=target.attribute, out_path=outputs[0],
                                main_program=plan.main_program, labels=plan.labels)
             return await self.run_in_thread(self._assemble, closure, meta)
 
-        return await self._mapped(run, plan.target, plan.flake_ref, plan.tag)
+        return await self._mapped(run, target, plan.flake_ref, plan.tag)
+
+    def _in_store(self, path: str, target: BuildTarget) -> str:
+        """`path` with its links followed, refused (BuildFailed) unless it ends inside the Nix store."""
+        real = os.path.realpath(path)
+        store = os.path.realpath(self.store_dir)
+        if os.path.commonpath([real, store]) != store or real == store:
+            raise BuildFailed("the build output is outside the Nix store; nothing was ingested",
+                              {"name": target.name, "output": path})
+        return real
 
     def stop(self) -> Deferred[None]:
         """Kill every running nix command and image script (the registry is stopping)."""
@@ -137,9 +169,10 @@ class ImageBuilder:
                 raise BuildFailed("cannot fetch the flake", {"flake": flake_ref, "log": error.log_tail}) from error
             raise ManifestUnknown("no such tag in the flake", {"tag": tag, "flake": flake_ref}) from error
         except NixTimeout as error:
-            raise BuildTimedOut(f"build timed out after {self.timeout:g} seconds", {"log": error.log_tail}) from error
+            log_tail = [*error.log_tail, f"killed after the {self.timeout:g} s build timeout"]
+            raise BuildTimedOut(f"build timed out after {self.timeout:g} seconds", {"log": log_tail}) from error
         except NixError as error:
-            raise BuildFailed("nix build failed", {"log": error.log_tail}) from error
+            raise BuildFailed("nix build failed", {"error": error.message, "log": error.log_tail}) from error
 
     def _ingest(self, path: str, labels: dict[str, str], deadline: float) -> ImageManifests:
         """Worker thread: ingest a flake-built image and store both manifests.
@@ -147,19 +180,11 @@ class ImageBuilder:
         A streamLayeredImage output is a script that writes the docker-archive to stdout: it is run
         (argv, no shell, its own process group, killed at the deadline) and ingested as it streams.
         """
-        path = self._inside_store(path)
         if self.scripts.is_script(path):
             manifests = self.scripts.ingest_output(self.store, path, labels, deadline - self.clock.seconds())
         else:
             manifests = ingest_image(self.store, path, labels)
         return self._stored(manifests)
-
-    def _inside_store(self, path: str) -> str:
-        """The real path of a build output; BuildFailed if it resolves outside the Nix store."""
-        real = os.path.realpath(path)
-        if not real.startswith(self.store_prefix):
-            raise BuildFailed("the build output resolves outside the Nix store", {"output": path})
-        return real
 
     def _assemble(self, closure: Any, meta: PackageMeta) -> ImageManifests:
         """Worker thread: assemble an image from a closure and store both manifests."""
@@ -175,11 +200,29 @@ class ImageBuilder:
         return manifests
 
 
+def _application_entries(target: BuildTarget, answer: dict[str, Any]) -> bool:
+    """From the application probe: True if the image can be built alone as an entry, else False.
+
+    Raises NameUnknown when the application has no containers, or its entries don't name the image.
+    """
+    if answer.get("hasContainers") is not True:
+        raise NameUnknown("the application has no containers (its containers output is missing or disabled)",
+                          {"name": target.name, "application": target.attribute})
+    entries = answer.get("entries")
+    if not isinstance(entries, list):
+        return False
+    if target.image_file not in entries:
+        raise NameUnknown("the application has no such container image",
+                          {"name": target.name, "file": target.image_file,
+                           "images": sorted(str(entry) for entry in entries)[:50]})
+    return True
+
+
 def _application_image(target: BuildTarget, output: str) -> str:
-    """The `<img>.tar.gz` of an application's containers output, or NameUnknown."""
+    """The `<img>.tar.gz` in an application's built containers output, or NameUnknown."""
     assert target.image_file is not None
     path = os.path.join(output, target.image_file)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         raise NameUnknown("the application has no such container image",
                           {"name": target.name, "file": target.image_file})
     return path

@@ -25,6 +25,20 @@ from nixforge.oci.documents import ImageManifests, ManifestDocument
 from nixforge.store.interfaces import IBlobStore, ITagIndex, TagRecord
 
 log = Logger()
+LOGGED_TAIL_LINES = 15
+
+
+def failure_reason(error: BaseException) -> str:
+    """Why a build failed, for the log: the message, Nix's error and the last lines of its log."""
+    text = str(error)
+    detail = getattr(error, "detail", None)
+    if isinstance(detail, dict):
+        if isinstance(detail.get("error"), str) and detail["error"] != text:
+            text += ": " + detail["error"]
+        lines = detail.get("log")
+        if isinstance(lines, list) and lines:
+            text += "\n  log tail:\n" + "\n".join(f"    {line}" for line in lines[-LOGGED_TAIL_LINES:])
+    return text
 
 
 class Builder(Protocol):
@@ -137,8 +151,15 @@ class ImageService:
         log.info("build started {name}:{tag} from {flake}", name=target.name, tag=tag, flake=plan.locked)
         try:
             manifests = await self._limited(self._slots, lambda: self.builder.build(plan))
+        except (NameUnknown, ManifestUnknown) as error:
+            # e.g. an application whose containers output holds no such image: remember it too.
+            self._missing.remember(key, error, self.reactor.seconds() + MISSING_TTL)
+            log.info("build of {name}:{tag} found nothing to serve: {reason}", name=target.name, tag=tag,
+                     reason=failure_reason(error))
+            raise
         except Exception as error:
-            log.info("build failed {name}:{tag}: {error}", name=target.name, tag=tag, error=error)
+            log.info("build failed {name}:{tag}: {reason}", name=target.name, tag=tag,
+                     reason=failure_reason(error))
             raise
         record = TagRecord(
             name=target.name,

@@ -9,10 +9,30 @@ from attrs import frozen
 
 from nixforge.errors import ManifestUnknown, NameUnknown
 
-# One flake attribute: the name grammar's component without dots (Nix 2.8 can't quote attr paths).
-_ATTRIBUTE = re.compile(r"[a-z0-9]+(?:(?:_|__|-+)[a-z0-9]+)*")
+# One flake attribute name: a component of the OCI name grammar, dots included. It can hold no quote,
+# backslash, `$` or space, so quoting it (`"pkgs.offen"`, which Nix 2.8 accepts in installables)
+# can't change what the attribute path means.
+_ATTRIBUTE = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _GIT_HOSTED = ("github:", "gitlab:", "sourcehut:")
+# The words of the name scheme itself: alone, `packages` and `applications` name no package.
+_RESERVED = frozenset({"packages", "applications"})
+_HINT = "use <pkg>, packages/<pkg> or applications/<app>/<image>"
+
+
+def attribute_path(*names: str) -> str:
+    """Join attribute names into a Nix attribute path, quoting each name that holds a dot.
+
+    `attribute_path("app", "containers", "entries", "web.tar.gz")` is
+    `app.containers.entries."web.tar.gz"`. Every name is checked against the grammar again here,
+    whoever validated it before: a path is only ever made of names that can't carry a quote.
+    """
+    parts = []
+    for name in names:
+        if not _ATTRIBUTE.fullmatch(name):
+            raise ValueError(f"not a safe attribute name: {name!r}")
+        parts.append(f'"{name}"' if "." in name else name)
+    return ".".join(parts)
 
 
 @frozen
@@ -20,7 +40,9 @@ class BuildTarget:
     """What to build for a repository.
 
     `package`: the attribute `<attribute>` (its `.image` if the flake has one, else its closure).
-    `application`: `<attribute>.containers`, serving `<image_file>` from its output.
+    `application`: from `<attribute>.containers`, the image `<image_file>`: the entry
+    `containers.entries."<image_file>"` alone when the containers carry `entries`, else the file of
+    that name in the built `containers` output.
     """
 
     name: str
@@ -28,18 +50,24 @@ class BuildTarget:
     attribute: str
     image_file: str | None = None
 
+    def path(self, *more: str) -> str:
+        """The attribute path of the target, or of an attribute below it (`path("image")`)."""
+        return attribute_path(self.attribute, *more)
+
+    def entry_path(self) -> str:
+        """`<app>.containers.entries."<img>.tar.gz"`: one image of an application."""
+        assert self.image_file is not None
+        return self.path("containers", "entries", self.image_file)
+
 
 def _attribute(text: str, name: str) -> str:
-    if not _ATTRIBUTE.fullmatch(text):
-        raise NameUnknown(
-            "repository name does not map to a flake attribute",
-            {"name": name, "hint": "use <pkg>, packages/<pkg> or applications/<app>/<image>"},
-        )
+    if not _ATTRIBUTE.fullmatch(text) or name in _RESERVED:
+        raise NameUnknown("repository name does not map to a flake attribute", {"name": name, "hint": _HINT})
     return text
 
 
 def target_for(name: str) -> BuildTarget:
-    """Map a validated repository name to its build target, or raise NameUnknown."""
+    """Map a validated repository name to its build target, or raise NameUnknown (no Nix asked)."""
     parts = name.split("/")
     if len(parts) == 1:
         return BuildTarget(name, "package", _attribute(parts[0], name))
@@ -48,10 +76,7 @@ def target_for(name: str) -> BuildTarget:
     if len(parts) == 3 and parts[0] == "applications":
         image = _attribute(parts[2], name)
         return BuildTarget(name, "application", _attribute(parts[1], name), image + ".tar.gz")
-    raise NameUnknown(
-        "repository name does not map to a flake attribute",
-        {"name": name, "hint": "use <pkg>, packages/<pkg> or applications/<app>/<image>"},
-    )
+    raise NameUnknown("repository name does not map to a flake attribute", {"name": name, "hint": _HINT})
 
 
 def is_immutable(tag: str) -> bool:

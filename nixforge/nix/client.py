@@ -12,6 +12,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from nixforge.nix.commands import (
+    NixSettings,
     OutputInvalid,
     StorePathInfo,
     build_argv,
@@ -23,7 +24,7 @@ from nixforge.nix.commands import (
     parse_path_info,
     path_info_argv,
 )
-from nixforge.nix.log_lines import NixLog
+from nixforge.nix.log_lines import NixLog, killed_tail
 from nixforge.nix.process import (
     DEFAULT_KILL_GRACE,
     ProcessResult,
@@ -116,6 +117,7 @@ class NixClient:
     reactor: Any
     nix_binary: str = "nix"
     options: tuple[tuple[str, str], ...] = ()
+    accept_flake_config: bool = False
     timeout: float = 600.0
     log_tail_lines: int = 40
     kill_grace: float = DEFAULT_KILL_GRACE
@@ -124,28 +126,33 @@ class NixClient:
     signaller: Signaller = field(factory=Signaller)
     _running: set[RunningProcess] = field(factory=set, init=False)
 
+    @property
+    def settings(self) -> NixSettings:
+        """The flags every command of this client carries."""
+        return NixSettings(self.options, self.accept_flake_config)
+
     # Every command takes an optional `timeout` (seconds) overriding the client's, so a caller can
     # give several commands one shared deadline.
 
     def build(self, installable: str, timeout: float | None = None) -> Deferred[list[str]]:
         """Build `installable`; fire with its output store paths ("out" first)."""
-        argv = build_argv(self.nix_binary, installable, self.options)
+        argv = build_argv(self.nix_binary, installable, self.settings)
         return self._run(argv, parse_build_output, timeout)
 
     def eval_json(
         self, installable: str, apply: str | None = None, timeout: float | None = None
     ) -> Deferred[object]:
         """Evaluate `installable` (through `apply` if given); fire with the decoded JSON value."""
-        argv = eval_argv(self.nix_binary, installable, apply, self.options)
+        argv = eval_argv(self.nix_binary, installable, apply, self.settings)
         return self._run(argv, parse_eval_output, timeout)
 
     def closure(self, path: str, timeout: float | None = None) -> Deferred[list[StorePathInfo]]:
         """Fire with every store path of the closure of `path`, with sizes and references."""
-        return self._run(path_info_argv(self.nix_binary, path, self.options), parse_path_info, timeout)
+        return self._run(path_info_argv(self.nix_binary, path, self.settings), parse_path_info, timeout)
 
     def metadata(self, flake_ref: str, timeout: float | None = None) -> Deferred[dict[str, object]]:
         """Fetch and lock `flake_ref`; fire with `nix flake metadata --json` (locked `url`, `revision`)."""
-        argv = metadata_argv(self.nix_binary, flake_ref, self.options)
+        argv = metadata_argv(self.nix_binary, flake_ref, self.settings)
         return self._run(argv, parse_metadata_output, timeout)
 
     def stop(self) -> Deferred[None]:
@@ -207,9 +214,10 @@ class NixClient:
         """Parse a finished run or raise the NixError that describes its failure."""
         tail = list(nix_log.tail)
         if outcome.timed_out:
-            raise NixTimeout(f"{command} timed out after {timeout:g} s", timeout, outcome.exit_code, tail)
+            raise NixTimeout(f"{command} killed after {timeout:.1f} s, at its timeout", timeout,
+                             outcome.exit_code, killed_tail(tail))
         if outcome.terminated:
-            raise NixError(f"{command} was stopped", outcome.exit_code, tail)
+            raise NixError(f"{command} was stopped", outcome.exit_code, killed_tail(tail))
         if outcome.exit_code != 0:
             raise classify_failure(outcome.exit_code, list(nix_log.errors), tail)
         try:

@@ -26,34 +26,55 @@ class StorePathInfo:
     references: tuple[str, ...]
 
 
-def _option_flags(options: Sequence[tuple[str, str]]) -> list[str]:
-    flags: list[str] = []
-    for name, value in options:
-        flags += ["--option", name, value]
-    return flags
+# nixforge can't work without these; turning them on here lets a stock nix.conf work.
+EXPERIMENTAL_FEATURES = ("--extra-experimental-features", "nix-command flakes")
 
 
-def build_argv(nix: str, installable: str, options: Sequence[tuple[str, str]] = ()) -> list[str]:
-    """`nix build --json --no-link -L --log-format internal-json [--option k v]... -- INSTALLABLE`."""
-    return [nix, "build", "--json", "--no-link", *_LOG_FLAGS, *_option_flags(options), "--", installable]
+@frozen
+class NixSettings:
+    """What every nix command line carries: `--option NAME VALUE` pairs, and flake-config trust."""
+
+    options: tuple[tuple[str, str], ...] = ()
+    accept_flake_config: bool = False
+
+    def flags(self) -> list[str]:
+        """The flags, in order: features, `--accept-flake-config`, logging, then the options."""
+        flags = [*EXPERIMENTAL_FEATURES]
+        if self.accept_flake_config:
+            flags.append("--accept-flake-config")
+        flags += _LOG_FLAGS
+        for name, value in self.options:
+            flags += ["--option", name, value]
+        return flags
 
 
-def eval_argv(
-    nix: str, installable: str, apply: str | None = None, options: Sequence[tuple[str, str]] = ()
-) -> list[str]:
-    """`nix eval --json [--apply EXPR] -L --log-format internal-json [--option k v]... -- INSTALLABLE`."""
+def _command(nix: str, words: Sequence[str], settings: NixSettings, target: str) -> list[str]:
+    """The one shape of every command: `nix WORDS... FLAGS... -- TARGET` (TARGET never read as a flag)."""
+    return [nix, *words, *settings.flags(), "--", target]
+
+
+_DEFAULT = NixSettings()
+
+
+def build_argv(nix: str, installable: str, settings: NixSettings = _DEFAULT) -> list[str]:
+    """`nix build --json --no-link FLAGS -- INSTALLABLE`."""
+    return _command(nix, ["build", "--json", "--no-link"], settings, installable)
+
+
+def eval_argv(nix: str, installable: str, apply: str | None = None, settings: NixSettings = _DEFAULT) -> list[str]:
+    """`nix eval --json [--apply EXPR] FLAGS -- INSTALLABLE`."""
     apply_flags = ["--apply", apply] if apply is not None else []
-    return [nix, "eval", "--json", *apply_flags, *_LOG_FLAGS, *_option_flags(options), "--", installable]
+    return _command(nix, ["eval", "--json", *apply_flags], settings, installable)
 
 
-def path_info_argv(nix: str, path: str, options: Sequence[tuple[str, str]] = ()) -> list[str]:
-    """`nix path-info -r --json -L --log-format internal-json [--option k v]... -- PATH`."""
-    return [nix, "path-info", "-r", "--json", *_LOG_FLAGS, *_option_flags(options), "--", path]
+def path_info_argv(nix: str, path: str, settings: NixSettings = _DEFAULT) -> list[str]:
+    """`nix path-info -r --json FLAGS -- PATH`."""
+    return _command(nix, ["path-info", "-r", "--json"], settings, path)
 
 
-def metadata_argv(nix: str, flake_ref: str, options: Sequence[tuple[str, str]] = ()) -> list[str]:
-    """`nix flake metadata --json -L --log-format internal-json [--option k v]... -- FLAKE_REF`."""
-    return [nix, "flake", "metadata", "--json", *_LOG_FLAGS, *_option_flags(options), "--", flake_ref]
+def metadata_argv(nix: str, flake_ref: str, settings: NixSettings = _DEFAULT) -> list[str]:
+    """`nix flake metadata --json FLAGS -- FLAKE_REF`."""
+    return _command(nix, ["flake", "metadata", "--json"], settings, flake_ref)
 
 
 def parse_metadata_output(stdout: bytes) -> dict[str, object]:

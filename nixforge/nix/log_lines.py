@@ -146,3 +146,12 @@ class NixLog:
                 self.errors.append(event.text)
         if parsed.stopped is not None:
             self._builds.pop(parsed.stopped, None)
+
+
+# What Nix itself says when it gets SIGTERM, which nixforge sends, not a user.
+_INTERRUPTED = re.compile(r"(?:error: )?interrupted by the user\.?")
+
+
+def killed_tail(lines: list[str]) -> list[str]:
+    """The log tail of a nix run nixforge killed, without Nix's misleading "interrupted by the user"."""
+    return [line for line in lines if not _INTERRUPTED.fullmatch(line.strip())]

@@ -14,7 +14,7 @@ from nixforge.oci.documents import ImageManifests, LayerBlob, build_manifests, c
 from nixforge.oci.image_config import CA_BUNDLE, choose_command, image_config, write_customisation_layer
 from nixforge.oci.layer_cache import LayerCache, layer_key
 from nixforge.oci.layer_writer import LayerWriter, compress_layer
-from nixforge.oci.layering import DEFAULT_MAX_LAYERS, StorePathLike, plan_layers
+from nixforge.oci.layering import DEFAULT_MAX_LAYERS, MAX_OVERLAY_LAYERS, StorePathLike, plan_layers
 from nixforge.oci.tar_writer import DEFAULT_STORE_DIR, image_name, write_store_paths
 from nixforge.store.interfaces import IBlobStore
 
@@ -22,6 +22,14 @@ log = Logger()
 
 IMAGE_STORE_DIR = "/nix/store"
 DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
+# The customisation layer (/bin links, /etc/passwd, /tmp) that comes on top of the closure's layers.
+CUSTOMISATION_LAYERS = 1
+
+
+def closure_budget(max_layers: int) -> int:
+    """Layers the closure may take when `max_layers` counts every layer of the image (as
+    streamLayeredImage's `maxLayers` does): the total, capped for overlayfs, less the customisation."""
+    return max(1, min(MAX_OVERLAY_LAYERS, max_layers) - CUSTOMISATION_LAYERS)
 
 
 @frozen
@@ -87,12 +95,13 @@ def assemble_closure_image(
     Blocking: run it in a worker thread. Layers whose path set is cached and whose blob is in the
     store are not written again; new layers are written by up to `workers` threads. The result
     depends only on the closure, the package and the budget, so equal inputs give equal digests.
+    `max_layers` counts every layer of the image, the customisation layer included.
     `store_dir` is where the closure is readable now; inside the image it is always /nix/store.
     """
     paths = [info.path for info in closure]
     if meta.out_path not in paths:
         raise ValueError(f"{meta.out_path!r} is not in its own closure")
-    groups = plan_layers(closure, max_layers)
+    groups = plan_layers(closure, closure_budget(max_layers))
     if workers > 1 and len(groups) > 1:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nixforge-layer") as pool:
             layers = list(pool.map(lambda group: store_layer(store, cache, group, store_dir), groups))

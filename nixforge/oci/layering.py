@@ -51,7 +51,7 @@ from collections.abc import Iterable, Sequence
 from typing import Protocol
 
 MAX_OVERLAY_LAYERS = 125
-"""Hard cap for closure layers: overlayfs rejects more than ~127 lower dirs; one is for customisation."""
+"""Hard cap for the layers of an image: overlayfs rejects more than ~127 lower dirs."""
 
 DEFAULT_MAX_LAYERS = 100
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,10 +25,14 @@ from attrs import Factory, define, field, frozen
 
 FIXTURE_FLAKES = Path(__file__).resolve().parent.parent / "fixtures" / "flakes"
 SHARED_LIB_NIX = Path(__file__).resolve().parents[2] / "examples" / "demo-flake" / "lib.nix"
-OFFLINE_NIX_CONFIG = "substituters =\nexperimental-features = nix-command flakes"
+# Offline (no binary cache) and with no experimental feature on, as Debian's stock nix.conf has it:
+# nixforge must turn on nix-command and flakes itself. The tests' own nix calls use `nix_command`.
+OFFLINE_NIX_CONFIG = "substituters =\nexperimental-features ="
 BUSYBOX = Path("/bin/busybox")
 LISTENING = re.compile(r"nixforge listening on (?P<host>\S+):(?P<port>\d+)")
 BUILD_STARTED = re.compile(r"build started")
+# NixClient logs every command it starts at DEBUG.
+NIX_RUN = re.compile(r"running \S*nix (?:build|eval|flake|path-info) ")
 # twistd (Twisted >= 22) ends a clean SIGTERM shutdown by re-raising the signal: status -15 or 0.
 CLEAN_EXIT = (0, -signal.SIGTERM)
 
@@ -65,8 +70,13 @@ def twistd_path() -> Path:
     return path
 
 
+def nix_command(*args: str) -> list[str]:
+    """argv of a nix command the tests run themselves, with the features turned on in the argv."""
+    return ["nix", "--extra-experimental-features", "nix-command flakes", *args]
+
+
 def nix_env() -> dict[str, str]:
-    """The environment for Nix (and nixforge): the tests' own, with offline flakes enabled."""
+    """The environment for Nix (and nixforge): the tests' own, offline, no experimental feature on."""
     env = {k: v for k, v in os.environ.items() if k not in FORGE_ENV_VARS and not k.startswith("NIXFORGE_")}
     env["NIX_CONFIG"] = OFFLINE_NIX_CONFIG
     env["PYTHONUNBUFFERED"] = "1"
@@ -100,13 +110,13 @@ def prepare_flake(source: Path, target: Path, nonce: str) -> Path:
 
 def nix_out_path(flake_ref: str, attr: str) -> Path:
     """Build `<flake_ref>#<attr>` with Nix and return its output path (Nix 2.8 `--json`)."""
-    result = run_tool(["nix", "build", "--json", "--no-link", f"{flake_ref}#{attr}"], timeout=600)
+    result = run_tool(nix_command("build", "--json", "--no-link", f"{flake_ref}#{attr}"), timeout=600)
     return Path(json.loads(result.stdout)[0]["outputs"]["out"])
 
 
 def nix_closure(path: Path) -> list[Path]:
     """The runtime closure of a store path, as `nix path-info -r` lists it."""
-    result = run_tool(["nix", "path-info", "-r", str(path)])
+    result = run_tool(nix_command("path-info", "-r", str(path)))
     return sorted(Path(line) for line in result.stdout.split())
 
 
@@ -282,6 +292,13 @@ class ForgeProcess:
                         f"argv: {self.argv()}\nlog tail:\n" + "\n".join(self.lines[-40:])
                     )
                 self._changed.wait(remaining)
+
+    def sync_log(self, timeout: float = 30) -> None:
+        """Wait until every line the registry logged so far has been read (the log is a pipe that
+        a thread reads: a line logged during the last request may not be in `lines` yet)."""
+        token = secrets.token_hex(8)
+        self.get(f"/v2/?sync={token}")
+        self.wait_for(re.compile(re.escape(token)), timeout, what=f"the access log line of sync {token}")
 
     def matching_lines(self, pattern: re.Pattern[str]) -> list[str]:
         """The log lines so far that match `pattern`."""

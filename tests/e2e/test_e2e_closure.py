@@ -87,13 +87,15 @@ def test_same_manifest_digest_after_wiping_the_data_dir(forge_factory: ForgeFact
 
 
 def test_layer_budget_is_respected(forge_factory: ForgeFactory, flake_ref: str) -> None:
-    """--max-layers 2: at most 2 layers for the store paths (plus the customisation layer), none lost."""
-    forge = forge_factory("budget", extra_args=["--max-layers", "2"])
+    """--max-layers 3 counts every layer: 3 in all, 2 of them for tool-a's 3 store paths, none lost."""
+    closure = {p.name for p in nix_closure(nix_out_path(flake_ref, "tool-a"))}
+    assert len(closure) == 3
+    forge = forge_factory("budget", extra_args=["--max-layers", "3"])
     layers = layers_by_store_path(forge, "tool-a")
     manifest = forge.manifest("tool-a").json()
-    assert len(manifest["layers"]) <= 3
-    assert len(set(layers.values())) <= 2
-    assert set(layers) == {p.name for p in nix_closure(nix_out_path(flake_ref, "tool-a"))}
+    assert len(manifest["layers"]) == 3
+    assert len(set(layers.values())) == 2
+    assert set(layers) == closure
 
 
 def describe(path: Path) -> tuple:

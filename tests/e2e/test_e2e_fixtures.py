@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from e2e_support import (
     nix_closure,
+    nix_command,
     nix_env,
     nix_out_path,
     prepare_flake,
@@ -49,7 +50,7 @@ def test_hello_image_is_a_docker_archive_of_the_closure(flake_ref: str, tmp_path
 def test_app1_containers_holds_two_archives(flake_ref: str, tmp_path: Path) -> None:
     """app1.containers is a directory with web.tar.gz and db.tar.gz, each a runnable image."""
     containers = nix_out_path(flake_ref, "app1.containers")
-    assert sorted(p.name for p in containers.iterdir()) == ["db.tar.gz", "web.tar.gz"]
+    assert sorted(p.name for p in containers.iterdir()) == ["compose.yaml", "db.tar.gz", "web.tar.gz"]
     for name in ("web", "db"):
         _, config = inspect_archive(containers / f"{name}.tar.gz", tmp_path)
         assert config["config"]["Cmd"][0].endswith(f"-{name}/bin/{name}")
@@ -64,7 +65,7 @@ def test_tools_share_a_dependency(flake_ref: str) -> None:
         assert nix_closure(path) == sorted([path, shared, busybox])
         output = run_tool([str(path / "bin" / tool)]).stdout
         assert output == f"{tool}: hello from nixforge\nlibshared v1\n"
-    main = run_tool(["nix", "eval", "--raw", f"{flake_ref}#tool-a.meta.mainProgram"]).stdout
+    main = run_tool(nix_command("eval", "--raw", f"{flake_ref}#tool-a.meta.mainProgram")).stdout
     assert main == "tool-a"
 
 
@@ -87,7 +88,7 @@ def test_shared_lib_has_every_kind_of_file(flake_ref: str) -> None:
 @pytest.mark.parametrize("attr", ["broken", "broken.image", "nobuild"])
 def test_failing_attrs_fail_with_the_marker(flake_ref: str, attr: str) -> None:
     """broken, broken.image and nobuild fail, saying `deliberate failure`."""
-    result = run_tool(["nix", "build", "--no-link", f"{flake_ref}#{attr}"], check=False)
+    result = run_tool(nix_command("build", "--no-link", f"{flake_ref}#{attr}"), check=False)
     assert result.returncode != 0
     assert "nixforge-test: deliberate failure" in result.stderr
 
@@ -96,7 +97,7 @@ def test_slow_runs_with_its_marker_and_nix_term_cleans_up(flake_ref: str, nonce:
     """slow's builder carries `nixforge-slow-<nonce>` in argv; SIGTERM to Nix ends the builder too."""
     marker = f"nixforge-slow-{nonce}"
     process = subprocess.Popen(
-        ["nix", "build", "--no-link", f"{flake_ref}#slow"],
+        nix_command("build", "--no-link", f"{flake_ref}#slow"),
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         env=nix_env(),
     )

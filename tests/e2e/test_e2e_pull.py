@@ -18,6 +18,7 @@ from e2e_support import (
     CLEAN_EXIT,
     DOCKER_ACCEPT,
     DOCKER_MANIFEST,
+    NIX_RUN,
     OCI_ACCEPT,
     OCI_MANIFEST,
     ForgeFactory,
@@ -176,8 +177,6 @@ def test_unknown_package_is_name_unknown(shared_forge: ForgeProcess) -> None:
         ("/v2/Hello/manifests/latest", "NAME_INVALID"),
         ("/v2/hello--/manifests/latest", "NAME_INVALID"),
         ("/v2/" + "a" * 300 + "/manifests/latest", "NAME_INVALID"),
-        ("/v2/hello/manifests/-notatag", "TAG_INVALID"),
-        ("/v2/hello/manifests/" + "t" * 129, "TAG_INVALID"),
         ("/v2/hello/manifests/sha256:1234", "DIGEST_INVALID"),
     ],
 )
@@ -188,6 +187,46 @@ def test_invalid_reference_is_400_without_build(shared_forge: ForgeProcess, path
     assert response.status == 400, (response.status, response.body)
     assert response.error_codes() == [code]
     assert len(shared_forge.matching_lines(BUILD_STARTED)) == builds
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/v2/hello/manifests/-notatag", "MANIFEST_UNKNOWN"),
+        ("/v2/hello/manifests/.INVALID_MANIFEST_NAME", "MANIFEST_UNKNOWN"),
+        ("/v2/hello/manifests/" + "t" * 129, "MANIFEST_UNKNOWN"),
+        ("/v2/packages/manifests/latest", "NAME_UNKNOWN"),
+        ("/v2/applications/manifests/latest", "NAME_UNKNOWN"),
+        ("/v2/packages/x/y/manifests/latest", "NAME_UNKNOWN"),
+    ],
+)
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_what_names_no_image_is_404_without_nix(shared_forge: ForgeProcess, path: str, code: str,
+                                                 method: str) -> None:
+    """A reference that is no tag or digest, a name that can't be a package: 404, and no Nix run."""
+    shared_forge.sync_log()
+    runs = len(shared_forge.matching_lines(NIX_RUN))
+    response = shared_forge.get(path, {"Accept": OCI_ACCEPT}, method=method)
+    assert response.status == 404, (response.status, response.body)
+    if method == "GET":
+        assert response.error_codes() == [code]
+        assert response.json()["errors"][0]["detail"]
+    shared_forge.sync_log()
+    assert len(shared_forge.matching_lines(NIX_RUN)) == runs
+
+
+def test_an_attribute_that_is_no_derivation_is_404_and_remembered(shared_forge: ForgeProcess) -> None:
+    """`packages/packages` makes Nix find the flake's `packages` attrset: one probe says it's no package."""
+    shared_forge.sync_log()
+    runs = len(shared_forge.matching_lines(NIX_RUN))
+    for _ in range(3):
+        response = shared_forge.get("/v2/packages/packages/manifests/latest", {"Accept": OCI_ACCEPT})
+        assert response.status == 404, (response.status, response.body)
+        assert response.error_codes() == ["NAME_UNKNOWN"]
+    # One plan: `nix flake metadata` and one `nix eval`, never a build; the repeats cost nothing.
+    shared_forge.sync_log()
+    new_runs = shared_forge.matching_lines(NIX_RUN)[runs:]
+    assert [line.split("running ", 1)[1].split()[1] for line in new_runs] == ["flake", "eval"], new_runs
 
 
 def test_concurrent_pulls_share_one_build(forge: ForgeProcess) -> None:
@@ -229,6 +268,10 @@ def test_build_timeout_is_504_and_leaves_no_process(forge_factory: ForgeFactory,
     elapsed = time.monotonic() - started
     assert response.status == 504, (response.status, response.body, forge.log_tail())
     assert elapsed < 20
+    # The log tail says what happened; Nix's "interrupted by the user" (our TERM) would mislead.
+    tail = response.json()["errors"][0]["detail"]["log"]
+    assert tail[-1] == "killed after the 3 s build timeout", tail
+    assert "interrupted by the user" not in response.body.decode()
     assert wait_until(lambda: not processes_matching(marker), timeout=10), processes_matching(marker)
 
 

@@ -25,7 +25,7 @@ class FakeNix:
     def __init__(self, outputs: dict[str, str], probe: dict[str, Any] | None = None,
                  error: Exception | None = None) -> None:
         self.outputs = outputs
-        self.probe = probe or {"hasImage": True, "mainProgram": None, "pname": "hello"}
+        self.probe = probe or {"isDerivation": True, "hasImage": True, "mainProgram": None, "pname": "hello"}
         self.error = error
         self.asked: list[str] = []
         self.timeouts: list[float | None] = []
@@ -36,6 +36,7 @@ class FakeNix:
 
     def eval_json(self, installable: str, apply: str | None = None, timeout: float | None = None) -> Deferred[object]:
         self.asked.append("eval " + installable)
+        self.applied = apply
         return fail(self.error) if self.error else succeed(self.probe)
 
     def build(self, installable: str, timeout: float | None = None) -> Deferred[list[str]]:
@@ -53,7 +54,7 @@ def make_builder(nix: FakeNix, tmp_path: Path, clock: Clock | None = None) -> tu
     store = MemoryBlobStore()
     builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(str(tmp_path / "layers")),  # type: ignore[arg-type]
                            run_in_thread=lambda f, *a: maybeDeferred(f, *a), clock=clock or Clock(), timeout=60,
-                           store_prefix=str(tmp_path) + "/")
+                           store_dir=str(tmp_path))
     return builder, store
 
 
@@ -86,14 +87,82 @@ def test_a_package_with_an_image_serves_that_image(tmp_path: Path) -> None:
     assert annotations["org.opencontainers.image.revision"] == "c0ffee"
 
 
-def test_an_application_serves_the_named_file_of_its_containers(tmp_path: Path) -> None:
+NO_ENTRIES = {"hasContainers": True, "entries": None}
+
+
+def test_an_application_without_entries_serves_the_named_file_of_its_containers(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     write_archive(tmp_path / "out" / "web.tar.gz")
-    nix = FakeNix({"app.containers": str(tmp_path / "out")})
+    nix = FakeNix({"app.containers": str(tmp_path / "out")}, probe=NO_ENTRIES)
     builder, _ = make_builder(nix, tmp_path)
     assert run(plan_and_build(builder, "applications/app/web", "path:/f", "latest")).oci.digest
+    assert nix.asked == ["metadata path:/f", "eval path:/f?locked=1#app", "build path:/f?locked=1#app.containers"]
     missing = run(plan_and_build(builder, "applications/app/db", "path:/f", "latest"))
     assert missing.check(NameUnknown)
+
+
+def test_an_application_with_entries_builds_only_the_pulled_image(tmp_path: Path) -> None:
+    archive = write_archive(tmp_path / "web.tar.gz")
+    probe = {"hasContainers": True, "entries": ["db.tar.gz", "web.tar.gz"]}
+    nix = FakeNix({'my.app.containers.entries."web.tar.gz"': str(archive)}, probe=probe)
+    builder, _ = make_builder(nix, tmp_path)
+    # The dotted app name is quoted too: its entry is one attribute path, built alone.
+    nix.outputs = {'"my.app".containers.entries."web.tar.gz"': str(archive)}
+    assert run(plan_and_build(builder, "applications/my.app/web", "path:/f", "latest")).oci.digest
+    assert nix.asked == ["metadata path:/f", 'eval path:/f?locked=1#"my.app"',
+                         'build path:/f?locked=1#"my.app".containers.entries."web.tar.gz"']
+
+
+def test_an_image_the_entries_do_not_list_is_unknown_without_a_build(tmp_path: Path) -> None:
+    nix = FakeNix({}, probe={"hasContainers": True, "entries": ["web.tar.gz"]})
+    builder, _ = make_builder(nix, tmp_path)
+    failure = run(plan_and_build(builder, "applications/app/nope", "path:/f", "latest"))
+    assert failure.check(NameUnknown)
+    assert failure.value.detail["images"] == ["web.tar.gz"]
+    assert not any(asked.startswith("build") for asked in nix.asked)
+
+
+def test_an_application_without_containers_is_unknown_and_says_so(tmp_path: Path) -> None:
+    nix = FakeNix({}, probe={"hasContainers": False, "entries": None})
+    builder, _ = make_builder(nix, tmp_path)
+    failure = run(plan_and_build(builder, "applications/app/web", "path:/f", "latest"))
+    assert failure.check(NameUnknown)
+    assert "has no containers" in failure.value.message
+    assert not any(asked.startswith("build") for asked in nix.asked)
+
+
+def test_an_attribute_that_is_not_a_derivation_is_unknown_without_a_build(tmp_path: Path) -> None:
+    nix = FakeNix({}, probe={"isDerivation": False, "hasImage": False, "mainProgram": None, "pname": None})
+    builder, _ = make_builder(nix, tmp_path)
+    failure = run(plan_and_build(builder, "packages/lib", "path:/f", "latest"))
+    assert failure.check(NameUnknown)
+    assert nix.asked == ["metadata path:/f", "eval path:/f?locked=1#lib"]
+
+
+def test_a_dotted_package_name_is_one_quoted_attribute(tmp_path: Path) -> None:
+    archive = write_archive(tmp_path / "image.tar.gz")
+    nix = FakeNix({'"pkgs.hello".image': str(archive)})
+    builder, _ = make_builder(nix, tmp_path)
+    assert run(plan_and_build(builder, "pkgs.hello", "path:/f", "latest")).oci.digest
+    assert nix.asked[1:] == ['eval path:/f?locked=1#"pkgs.hello"', 'build path:/f?locked=1#"pkgs.hello".image']
+
+
+@pytest.mark.parametrize("name, attribute", [("hello", "hello.image"), ("applications/app/web", "app.containers")])
+def test_an_output_that_resolves_outside_the_store_is_refused(tmp_path: Path, name: str, attribute: str) -> None:
+    outside = tmp_path.parent / f"outside-{tmp_path.name}"
+    outside.mkdir()
+    write_archive(outside / "web.tar.gz")
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    (store_dir / "out").symlink_to(outside / "web.tar.gz" if name == "hello" else outside)
+    nix = FakeNix({attribute: str(store_dir / "out")}, probe=None if name == "hello" else NO_ENTRIES)
+    builder, store = make_builder(nix, tmp_path)
+    builder.store_dir = str(store_dir)
+    failure = run(plan_and_build(builder, name, "path:/f", "latest"))
+    assert failure.check(BuildFailed)
+    assert "outside the Nix store" in failure.value.message
+    assert str(outside) not in json.dumps(failure.value.detail)
+    assert store._blobs == {}  # nothing ingested
 
 
 @pytest.mark.parametrize("error, tag, expected", [
@@ -109,6 +178,9 @@ def test_nix_failures_become_registry_errors(tmp_path: Path, error: Exception, t
     assert failure.check(expected)
     if expected is BuildFailed and isinstance(error, NixError) and error.log_tail:
         assert failure.value.detail["log"] == error.log_tail
+        assert failure.value.detail["error"] == error.message
+    if expected is BuildTimedOut:
+        assert failure.value.detail["log"] == ["sleeping", "killed after the 60 s build timeout"]
 
 
 def test_output_that_is_not_an_image_fails_the_build(tmp_path: Path) -> None:
@@ -138,21 +210,3 @@ def test_no_time_left_is_a_timeout(tmp_path: Path) -> None:
     clock = Clock()
     builder, _ = make_builder(SlowMetadataNix({}), tmp_path, clock)
     assert run(builder.plan(target_for("hello"), "path:/f", "latest")).check(BuildTimedOut)
-
-
-@pytest.mark.parametrize("output", ["image.tar.gz", "out"])
-def test_an_output_resolving_outside_the_store_is_refused(tmp_path: Path, output: str) -> None:
-    """A `.image` (or an application's `<img>.tar.gz`) that is a symlink out of the store is never read."""
-    outside = tmp_path.parent / f"{tmp_path.name}-host"
-    outside.mkdir()
-    write_archive(outside / "image.tar.gz")
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "web.tar.gz").symlink_to(outside / "image.tar.gz")
-    (tmp_path / "image.tar.gz").symlink_to(outside / "image.tar.gz")
-    name, attribute = ("hello", "hello.image")
-    if output == "out":
-        name, attribute = ("applications/app/web", "app.containers")
-    builder, _ = make_builder(FakeNix({attribute: str(tmp_path / output)}), tmp_path)
-    failure = run(plan_and_build(builder, name, "path:/f", "latest"))
-    assert failure.check(BuildFailed) and "outside the Nix store" in failure.value.message
-    assert str(outside) not in json.dumps(failure.value.detail)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from zope.interface.verify import verifyObject
 
 from nixforge.errors import BlobUnknown, BuildFailed, ManifestUnknown, NameUnknown, TooManyBuilds
@@ -163,14 +164,37 @@ def test_failed_background_refresh_keeps_the_old_image_and_backs_off() -> None:
     assert len(builder.calls) == 2
 
 
-def test_build_failures_reach_the_client() -> None:
+def test_build_failures_reach_the_client_and_the_log_at_info() -> None:
     service, builder, _ = make_service()
     pull = service.resolve_tag("hello", "latest")
-    builder.fail_with = BuildFailed("nix build failed", {"log": ["deliberate failure"]})
-    builder.release()
+    builder.fail_with = BuildFailed("nix build failed", {"error": "error: builder for 'x.drv' failed",
+                                                         "log": ["deliberate failure"]})
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        builder.release()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
     failure = result_of(pull)
     assert failure.check(BuildFailed)
     assert service.index.get("hello", "latest") is None
+    (logged,) = [event for event in events if event.get("log_format", "").startswith("build failed")]
+    assert logged["log_level"] == LogLevel.info
+    text = formatEvent(logged)
+    assert "builder for 'x.drv' failed" in text and "deliberate failure" in text
+
+
+def test_a_name_found_missing_while_building_is_remembered_too() -> None:
+    # An application without `entries` learns only from its built containers that an image is missing.
+    service, builder, _ = make_service()
+    builder.fail_with = NameUnknown("the application has no such container image")
+    pull = service.resolve_tag("applications/app/nope", "latest")
+    builder.release()
+    assert result_of(pull).check(NameUnknown)
+    for _ in range(3):
+        assert result_of(service.resolve_tag("applications/app/nope", "latest")).check(NameUnknown)
+    assert len(builder.calls) == 1
+    assert len(builder.plans) == 1
 
 
 def test_queue_limit_gives_too_many_builds() -> None:

@@ -20,7 +20,8 @@ from zope.interface import implementer
 
 from nixforge.nix.process import Signaller
 
-OFFLINE_NIX_CONFIG = "substituters =\nexperimental-features = nix-command flakes"
+# No experimental feature is turned on here: NixClient must turn on nix-command and flakes itself.
+OFFLINE_NIX_CONFIG = "substituters =\nexperimental-features ="
 SYSTEM = f"{platform.machine()}-linux"
 
 
@@ -113,7 +114,7 @@ def reactor() -> Any:
 
 @pytest.fixture
 def offline_nix(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make nix work offline: no substituters, flakes enabled."""
+    """Make nix work offline (no substituters), with a stock nix.conf's features: none."""
     monkeypatch.setenv("NIX_CONFIG", OFFLINE_NIX_CONFIG)
 
 

@@ -58,7 +58,8 @@ def test_build_runs_nix_build_and_returns_paths(client: NixClient, fake_reactor:
     d = client.build("path:/f#hello")
     (process,) = fake_reactor.processes
     assert process.args == [
-        "/usr/bin/setsid", "/usr/bin/nix", "build", "--json", "--no-link", "-L", "--log-format",
+        "/usr/bin/setsid", "/usr/bin/nix", "build", "--json", "--no-link",
+        "--extra-experimental-features", "nix-command flakes", "-L", "--log-format",
         "internal-json", "--option", "sandbox", "true", "--", "path:/f#hello",
     ]  # fmt: skip
     assert client.running_pids == [process.protocol.transport.pid]
@@ -173,6 +174,7 @@ def test_timeout_kills_the_group_and_fails_with_nix_timeout(
     process = fake_reactor.processes[0]
     pid = process.protocol.transport.pid
     process.stderr(build_line("sleeping"))
+    process.stderr(b"error: interrupted by the user\n")
     fake_reactor.advance(30)
     assert signaller.sent == [("group", pid, signal.SIGTERM)]
     assert not d.called
@@ -182,8 +184,9 @@ def test_timeout_kills_the_group_and_fails_with_nix_timeout(
     error = outcome(d).value
     assert type(error) is NixTimeout
     assert error.timeout == 30
+    # Nix's own words for the TERM nixforge sent would mislead: the tail says what happened instead.
     assert error.log_tail == ["sleeping"]
-    assert "timed out after 30 s" in error.message
+    assert "killed after 30.0 s, at its timeout" in error.message
 
 
 def test_stop_terminates_every_running_process(
@@ -204,6 +207,24 @@ def test_stop_terminates_every_running_process(
         assert type(error) is NixError
         assert "was stopped" in error.message
     assert fake_reactor.getDelayedCalls() == []
+
+
+def test_every_command_turns_on_the_features_and_trusts_flake_config_when_asked(
+    fake_reactor: FakeProcessReactor, signaller: RecordingSignaller
+) -> None:
+    trusting = NixClient(fake_reactor, accept_flake_config=True, setsid=None, signaller=signaller)
+    plain = NixClient(fake_reactor, setsid=None, signaller=signaller)
+    for client in (trusting, plain):
+        client.build("path:/f#a")
+        client.eval_json("path:/f#b", apply="x: x")
+        client.closure(OUT)
+        client.metadata("path:/f")
+    argvs = [process.args for process in fake_reactor.processes]
+    assert len(argvs) == 8
+    for argv in argvs:
+        at = argv.index("--extra-experimental-features")
+        assert argv[at + 1] == "nix-command flakes"
+    assert ["--accept-flake-config" in argv for argv in argvs] == [True] * 4 + [False] * 4
 
 
 def test_stop_with_nothing_running_fires_at_once(client: NixClient) -> None:

@@ -7,10 +7,12 @@ import json
 import pytest
 
 from nixforge.nix.commands import (
+    NixSettings,
     OutputInvalid,
     StorePathInfo,
     build_argv,
     eval_argv,
+    metadata_argv,
     parse_build_output,
     parse_eval_output,
     parse_path_info,
@@ -26,12 +28,30 @@ def dump(value: object) -> bytes:
     return json.dumps(value).encode()
 
 
+FEATURES = ["--extra-experimental-features", "nix-command flakes"]
+
+
 def test_build_argv() -> None:
-    argv = build_argv("/bin/nix", "path:/f#hello", (("sandbox", "true"), ("cores", "2")))
+    argv = build_argv("/bin/nix", "path:/f#hello", NixSettings((("sandbox", "true"), ("cores", "2"))))
     assert argv == [
-        "/bin/nix", "build", "--json", "--no-link", "-L", "--log-format", "internal-json",
+        "/bin/nix", "build", "--json", "--no-link", *FEATURES, "-L", "--log-format", "internal-json",
         "--option", "sandbox", "true", "--option", "cores", "2", "--", "path:/f#hello",
     ]  # fmt: skip
+
+
+def test_every_command_turns_on_nix_command_and_flakes_as_one_argument() -> None:
+    for argv in (build_argv("nix", "x"), eval_argv("nix", "x"), path_info_argv("nix", A), metadata_argv("nix", "x")):
+        at = argv.index("--extra-experimental-features")
+        assert argv[at + 1] == "nix-command flakes"
+        assert "--accept-flake-config" not in argv
+
+
+def test_accept_flake_config_is_passed_when_on() -> None:
+    settings = NixSettings(accept_flake_config=True)
+    for argv in (build_argv("nix", "x", settings), eval_argv("nix", "x", None, settings),
+                 path_info_argv("nix", A, settings), metadata_argv("nix", "x", settings)):
+        assert argv.count("--accept-flake-config") == 1
+        assert argv.index("--accept-flake-config") < argv.index("--")
 
 
 def test_log_format_comes_after_print_build_logs() -> None:
@@ -43,14 +63,15 @@ def test_log_format_comes_after_print_build_logs() -> None:
 
 def test_eval_argv_with_and_without_apply() -> None:
     assert eval_argv("nix", "path:/f#x", "x: x.name") == [
-        "nix", "eval", "--json", "--apply", "x: x.name", "-L", "--log-format", "internal-json", "--", "path:/f#x",
+        "nix", "eval", "--json", "--apply", "x: x.name", *FEATURES, "-L", "--log-format", "internal-json",
+        "--", "path:/f#x",
     ]  # fmt: skip
     assert "--apply" not in eval_argv("nix", "path:/f#x")
 
 
 def test_path_info_argv() -> None:
-    assert path_info_argv("nix", A, (("store", "/s"),)) == [
-        "nix", "path-info", "-r", "--json", "-L", "--log-format", "internal-json", "--option", "store", "/s",
+    assert path_info_argv("nix", A, NixSettings((("store", "/s"),))) == [
+        "nix", "path-info", "-r", "--json", *FEATURES, "-L", "--log-format", "internal-json", "--option", "store", "/s",
         "--", A,
     ]  # fmt: skip
 

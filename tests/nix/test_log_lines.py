@@ -6,7 +6,7 @@ import json
 
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from nixforge.nix.log_lines import LogEvent, NixLog, parse_line, strip_ansi
+from nixforge.nix.log_lines import LogEvent, NixLog, killed_tail, parse_line, strip_ansi
 
 
 def nix_line(**entry: object) -> str:
@@ -106,3 +106,10 @@ def test_nix_log_retains_errors_apart_from_the_tail() -> None:
     nix_log.feed(nix_line(action="result", type=101, id=1, fields=["noise"]))
     assert list(nix_log.errors) == ["error: getting status of '/x': No such file"]
     assert list(nix_log.tail) == ["noise"]
+
+
+def test_a_killed_run_loses_nix_s_interrupted_by_the_user_line() -> None:
+    tail = ["building 'x.drv'", "x> sleeping", "error: interrupted by the user"]
+    assert killed_tail(tail) == ["building 'x.drv'", "x> sleeping"]
+    # A builder's own line that happens to say it is kept: only Nix's message goes.
+    assert killed_tail(["x> interrupted by the user"]) == ["x> interrupted by the user"]

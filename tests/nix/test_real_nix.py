@@ -115,6 +115,8 @@ def test_timeout_kills_the_build_and_leaves_nothing_running(reactor: Any, make_f
         yield build
     assert reactor.seconds() - started < 8
     assert caught.value.timeout == 2
+    assert caught.value.log_tail  # Nix's own lines are kept, but not its "interrupted by the user"
+    assert not any("interrupted by the user" in line for line in caught.value.log_tail)
     assert living(marker) == []
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
@@ -166,3 +168,22 @@ def test_eval_json_with_apply(client: NixClient, make_flake: MakeFlake, nonce: s
     assert applied == {"n": f"hello-{nonce}", "b": "{x}"}
     with pytest.raises(NixAttributeMissing):
         yield client.eval_json(f"{flake}#hello.image")
+
+
+@pytest_twisted.inlineCallbacks
+def test_quoted_attribute_names_with_dots_and_flake_config(
+    reactor: Any, make_flake: MakeFlake, nonce: str
+) -> Any:
+    # Nix 2.8 reads `#"pkgs.hello"` as one attribute name and `entries."x.tar.gz"` likewise.
+    hello = derivation(f"hello-{nonce}", "echo dotted > $out")
+    flake = make_flake({
+        '"pkgs.hello"': hello,
+        "app": f'{{ containers = {{ entries = {{ "web.tar.gz" = {hello}; }}; }}; }}',
+    })
+    client = NixClient(reactor, timeout=120, kill_grace=3, accept_flake_config=True)
+    (dotted,) = yield client.build(f'{flake}#"pkgs.hello"')
+    (entry,) = yield client.build(f'{flake}#app.containers.entries."web.tar.gz"')
+    assert dotted == entry
+    assert Path(dotted).read_text() == "dotted\n"
+    with pytest.raises(NixAttributeMissing):
+        yield client.build(f"{flake}#pkgs.hello")

@@ -20,7 +20,7 @@ import pytest
 from attrs import frozen
 
 from nixforge.oci import media_types as mt
-from nixforge.oci.closure_image import PackageMeta, assemble_closure_image, store_layer
+from nixforge.oci.closure_image import PackageMeta, assemble_closure_image, closure_budget, store_layer
 from nixforge.oci.documents import ImageManifests
 from nixforge.oci.layer_cache import LayerCache, layer_key
 from nixforge.store.filesystem import FilesystemBlobStore
@@ -154,9 +154,9 @@ def test_the_cache_survives_a_restart_and_is_ignored_when_a_blob_is_gone(tmp_pat
 def test_config_and_layer_budget(tmp_path: Path, fake_store: FakeStore) -> None:
     store_dir, infos = fake_store
     store = MemoryBlobStore()
-    manifests = assemble(store, LayerCache(str(tmp_path / "c")), infos, "a", store_dir, max_layers=2)
+    manifests = assemble(store, LayerCache(str(tmp_path / "c")), infos, "a", store_dir, max_layers=3)
     layers = json.loads(manifests.oci.body)["layers"]
-    assert len(layers) == 3
+    assert len(layers) == 3  # the budget counts every layer: two for the closure, the customisation layer
     config = config_of(store, manifests)
     app = "/nix/store/" + os.path.basename(infos["a"].path)
     cacert = "/nix/store/" + os.path.basename(infos["cacert"].path)
@@ -173,6 +173,26 @@ def test_config_and_layer_budget(tmp_path: Path, fake_store: FakeStore) -> None:
     assert config["rootfs"] == {"type": "layers", "diff_ids": diff_ids}
     with tarfile.open(fileobj=io.BytesIO(gzip.decompress(store.read(layers[-1]["digest"])))) as top:
         assert top.getmember("bin/app-a").linkname == f"{app}/bin/app-a"
+
+
+@pytest.mark.parametrize("max_layers, expected", [(6, 6), (5, 5), (4, 4), (2, 2)])
+def test_max_layers_counts_the_customisation_layer(
+    tmp_path: Path, fake_store: FakeStore, max_layers: int, expected: int
+) -> None:
+    # "a" has a closure of 5 store paths: with 6 layers each gets its own; with fewer, the image
+    # still has exactly `max_layers` layers, the customisation layer on top included.
+    store_dir, infos = fake_store
+    store = MemoryBlobStore()
+    manifests = assemble(store, LayerCache(str(tmp_path / "c")), infos, "a", store_dir, max_layers=max_layers)
+    assert len(json.loads(manifests.oci.body)["layers"]) == expected
+    assert len(config_of(store, manifests)["rootfs"]["diff_ids"]) == expected
+
+
+def test_closure_budget_leaves_room_for_the_customisation_layer() -> None:
+    assert closure_budget(100) == 99
+    assert closure_budget(125) == 124
+    assert closure_budget(1000) == 124  # overlayfs cap on the whole image
+    assert closure_budget(2) == 1
 
 
 def write_oci_layout(store: MemoryBlobStore, manifests: ImageManifests, layout: Path) -> None:
@@ -245,8 +265,9 @@ FLAKE = """{
 
 
 def nix(*args: str) -> bytes:
-    env = dict(os.environ, NIX_CONFIG="substituters =\nexperimental-features = nix-command flakes")
-    return subprocess.run(["nix", *args], check=True, capture_output=True, env=env).stdout
+    env = dict(os.environ, NIX_CONFIG="substituters =")
+    argv = ["nix", "--extra-experimental-features", "nix-command flakes", *args]
+    return subprocess.run(argv, check=True, capture_output=True, env=env).stdout
 
 
 def real_closure(flake: Path, attr: str) -> tuple[str, list[Info]]:
