@@ -9,7 +9,7 @@ from nixforge.tap import Options, config_or_exit
 def test_defaults() -> None:
     config = ForgeConfig.from_sources({"HOME": "/home/u"})
     assert config.log_level == "INFO"
-    assert config.endpoint == "tcp:5000:interface=0.0.0.0"
+    assert config.endpoint == "tcp:5000:interface=0.0.0.0:backlog=1024"
     assert config.flake == "github:imincik/flake-forge"
     assert config.build_timeout == 600
     assert config.cache_size == 50
@@ -24,7 +24,7 @@ def test_environment_is_read() -> None:
         "NIXFORGE_DATA_DIR": "/var/lib/forge", "NIXFORGE_NIX_OPTIONS": "substituters=; sandbox=false",
     })
     assert config.log_level == "DEBUG"
-    assert config.endpoint == "tcp:8080:interface=127.0.0.1"
+    assert config.endpoint == "tcp:8080:interface=127.0.0.1:backlog=1024"
     assert config.flake == "path:/srv/f"
     assert config.build_timeout == 30
     assert (config.cache_size, config.max_name_length, config.max_tag_length) == (7, 100, 20)
@@ -47,7 +47,7 @@ def test_options_override_environment() -> None:
 
 def test_numeric_port_listens_on_flask_host() -> None:
     config = ForgeConfig.from_sources({"FLASK_HOST": "::1"}, port="5001")
-    assert config.endpoint == "tcp:5001:interface=\\:\\:1"
+    assert config.endpoint == "tcp:5001:interface=\\:\\:1:backlog=1024"
 
 
 def test_state_directory_is_the_default_data_dir() -> None:
