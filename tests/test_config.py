@@ -70,3 +70,30 @@ def test_bad_endpoint_exits_before_listening() -> None:
     with pytest.raises(SystemExit) as caught:
         config_or_exit({}, port="nonsense:1:2")
     assert str(caught.value).startswith("nixforge: invalid --port")
+
+
+def test_edge_settings_defaults_and_environment(tmp_path) -> None:
+    config = ForgeConfig.from_sources({})
+    assert (config.htpasswd, config.header_timeout, config.send_timeout) == ("", 20, 60)
+    assert (config.max_connections, config.max_client_connections, config.listen_backlog) == (512, 64, 1024)
+    assert config.error_log_tail is True
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("")
+    config = ForgeConfig.from_sources({
+        "NIXFORGE_HTPASSWD": str(htpasswd), "NIXFORGE_HEADER_TIMEOUT": "5", "NIXFORGE_SEND_TIMEOUT": "7",
+        "NIXFORGE_MAX_CONNECTIONS": "9", "NIXFORGE_MAX_CLIENT_CONNECTIONS": "3", "NIXFORGE_LISTEN_BACKLOG": "4096",
+        "NIXFORGE_ERROR_LOG_TAIL": "off", "FLASK_PORT": "5000",
+    })
+    assert config.htpasswd == str(htpasswd)
+    assert (config.header_timeout, config.send_timeout, config.max_connections) == (5, 7, 9)
+    assert config.max_client_connections == 3 and config.error_log_tail is False
+    assert config.endpoint == "tcp:5000:interface=0.0.0.0:backlog=4096"
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("NIXFORGE_HTPASSWD", "/nonexistent/htpasswd"), ("NIXFORGE_HEADER_TIMEOUT", "0"),
+    ("NIXFORGE_MAX_CONNECTIONS", "-3"), ("NIXFORGE_ERROR_LOG_TAIL", "maybe"),
+])
+def test_bad_edge_settings_are_refused(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        ForgeConfig.from_sources({variable: value})
