@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
@@ -141,8 +142,15 @@ class RegistryApi:
             return self._error(request, error)
 
     @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        """Paths outside `/v2/`: 405 for writes (this registry takes no pushes), else a JSON 404."""
+    async def not_found(self, request: IRequest, failure: Failure) -> bytes | None:
+        """Paths outside `/v2/`: 405 for writes (this registry takes no pushes), else a JSON 404.
+
+        A `/v2/…` path werkzeug did not match (its path converter stops at a line break) is
+        dispatched like any other, so a bad name or tag still gets its own error code.
+        """
+        path = unquote(request.path.decode("latin-1"), errors="replace")
+        if path.startswith("/v2/"):
+            return await self.v2(request, path[len("/v2/"):])
         try:
             self._require_read(request)
         except Exception as error:

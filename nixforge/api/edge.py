@@ -83,8 +83,18 @@ class EdgeChannel(HTTPChannel):
                                    {"limit": self.totalHeadersSize}, status=431).response)
             return
         if not self._method and line:
-            self._method = line.split(b" ", 1)[0]
+            self._method, _, rest = line.partition(b" ")
+            if rest.startswith(b"* ") and self._check_asterisk():
+                return
         super().lineReceived(line)
+
+    def _check_asterisk(self) -> bool:
+        """`OPTIONS *` and friends: this registry serves no server-wide requests (405, or 400 for a GET)."""
+        if self._method == b"OPTIONS":
+            self._refuse_body()
+        else:
+            self._respondToBadRequestAndDisconnect()
+        return True
 
     def headerReceived(self, line: bytes) -> bool:
         if self._refused:
