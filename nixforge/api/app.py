@@ -98,6 +98,8 @@ class RegistryApi:
     """The OCI distribution API (pull side): routes, validation, negotiation and error mapping."""
 
     app = Klein()
+    # werkzeug would answer `/v2//x` with an HTML 308 to `/v2/x`; a registry path has no empty part to merge.
+    app.url_map.merge_slashes = False
 
     def __init__(
         self,

@@ -89,8 +89,8 @@ class EdgeChannel(HTTPChannel):
         super().lineReceived(line)
 
     def _check_asterisk(self) -> bool:
-        """`OPTIONS *` and friends: this registry serves no server-wide requests (405, or 400 for a GET)."""
-        if self._method == b"OPTIONS":
+        """`OPTIONS *` and friends: this registry serves no server-wide requests (405, or 400 for a read)."""
+        if self._method not in _READ_METHODS:
             self._refuse_body()
         else:
             self._respondToBadRequestAndDisconnect()

@@ -216,7 +216,7 @@ def test_connections_are_capped_per_client_and_in_total(resource: CountingResour
     assert again_transport.value().startswith(b"HTTP/1.1 200 ")
 
 
-@pytest.mark.parametrize("method, status", [(b"OPTIONS", 405), (b"GET", 400)])
+@pytest.mark.parametrize("method, status", [(b"OPTIONS", 405), (b"PUT", 405), (b"GET", 400), (b"HEAD", 400)])
 def test_asterisk_targets_get_json(resource: CountingResource, method: bytes, status: int) -> None:
     protocol, transport = connect(make_site(resource, Clock()))
     protocol.dataReceived(method + b" * HTTP/1.1\r\nHost: x\r\n\r\n")
