@@ -62,7 +62,7 @@ async def trickler(port: int, interval: float) -> tuple[int | None, float]:
             writer.write(bytes([byte]))
             await writer.drain()
             answer = await asyncio.wait_for(reader.read(65536), interval)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             continue
         except ConnectionError:
             break
@@ -78,13 +78,13 @@ async def one_client(port: int, source: str) -> tuple[str, float]:
     try:
         reader, writer = await asyncio.wait_for(
             asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0)), 30)
-    except (OSError, asyncio.TimeoutError) as error:
+    except (TimeoutError, OSError) as error:
         return f"connect failed: {type(error).__name__}", time.monotonic() - started
     try:
         writer.write(b"GET /v2/ HTTP/1.1\r\nHost: r\r\nConnection: close\r\n\r\n")
         answer = await asyncio.wait_for(reader.read(), 30)
         outcome = answer.split()[1].decode() if answer else "closed without answer"
-    except (OSError, asyncio.TimeoutError) as error:
+    except (TimeoutError, OSError) as error:
         outcome = f"dropped: {type(error).__name__}"
     writer.close()
     return outcome, time.monotonic() - started

@@ -67,3 +67,17 @@ def test_paths_klein_cannot_decode_get_json(images: FakeImageService, clock: Clo
     assert response.headers.getRawHeaders("Content-Type") == ["application/json"]
     assert json.loads(body)["errors"][0]["code"] == "NAME_INVALID"
     assert images.calls == []
+
+
+@pytest.mark.parametrize("path, status, code", [
+    ("/v2/hello/manifests/a%0Ab", 400, "TAG_INVALID"),
+    ("/v2/he%0Allo/manifests/latest", 400, "NAME_INVALID"),
+    ("/v2//manifests/latest", 404, "UNSUPPORTED"),
+    ("/v2//hello/manifests/latest", 400, "NAME_INVALID"),
+])
+def test_paths_werkzeug_does_not_route_get_json(images: FakeImageService, clock: Clock, path: str, status: int,
+                                                code: str) -> None:
+    response, body = client_for(images, clock).request("GET", path)
+    assert (response.code, json.loads(body)["errors"][0]["code"]) == (status, code)
+    assert response.headers.getRawHeaders("Content-Type") == ["application/json"]
+    assert images.calls == []
