@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/edge_limits.py [--clients 1000] [--sources 16] [--trickle 50] [--json out.json]
 
-Starts twistd on 127.0.0.1 (numeric port, so the listen backlog setting applies) with an empty flake and
-`--nix /bin/false` (nothing here needs a build), then measures:
+Starts `twistd -y forge.tac` on 127.0.0.1 (numeric port, so the listen backlog setting applies) with an
+empty flake and NIXFORGE_NIX=/bin/false (nothing here needs a build); other NIXFORGE_* variables in the
+environment (caps, backlog, timeouts) pass through. Then it measures:
 - a PUT declaring a 1 GiB body: time to the answer, and that no body byte had to be sent;
 - `--trickle` clients sending their request head one byte every 2 s: how many get 408, and when;
 - `--clients` clients connecting at once to /v2/ from `--sources` loopback addresses: connects refused
@@ -30,17 +31,20 @@ LISTENING = re.compile(rb"nixforge listening on \S+:(\d+)")
 
 def start_registry(work: Path, twistd: Path) -> tuple[subprocess.Popen[bytes], int]:
     (work / "flake").mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NIXFORGE_")}
+    env = dict(os.environ)  # other NIXFORGE_* settings (caps, backlog, timeouts) pass through
     env.update({"FLASK_HOST": "127.0.0.1", "FLASK_PORT": "0", "GITHUB_REPO": f"path:{work / 'flake'}",
-                "NIXFORGE_DATA_DIR": str(work / "data"), "NIXFORGE_NIX": "/bin/false", "LOG_LEVEL": "WARN"})
-    process = subprocess.Popen([str(twistd), "-n", "--pidfile=", "-y", str(REPO / "forge.tac")], env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=work)
-    assert process.stdout is not None
-    for line in process.stdout:
-        match = LISTENING.search(line)
+                "NIXFORGE_DATA_DIR": str(work / "data"), "NIXFORGE_NIX": "/bin/false", "LOG_LEVEL": "INFO"})
+    log = work / "twistd.log"
+    process = subprocess.Popen([str(twistd), "-n", "--pidfile=", f"--logfile={log}", "-y", str(REPO / "forge.tac")],
+                               env=env, stdin=subprocess.DEVNULL, cwd=work)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        match = LISTENING.search(log.read_bytes()) if log.exists() else None
         if match:
             return process, int(match.group(1))
-    raise SystemExit("twistd exited before listening")
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit("twistd did not start listening")
 
 
 def gigabyte_put(port: int) -> dict[str, object]:
@@ -122,7 +126,7 @@ def main() -> None:
             async def trickle_all() -> list[tuple[int | None, float]]:
                 return await asyncio.gather(*(trickler(port, 2.0) for _ in range(args.trickle)))
 
-            trickled = asyncio.run(trickle_all())
+            trickled = asyncio.run(trickle_all()) if args.trickle else [(None, 0.0)]
             figures["trickle"] = {
                 "clients": args.trickle, "got_408": sum(1 for status, _ in trickled if status == 408),
                 "still_open": sum(1 for status, _ in trickled if status is None),
