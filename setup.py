@@ -15,11 +15,12 @@ setup(
     packages=[*find_packages(include=["nixforge", "nixforge.*"]), "twisted.plugins"],
     package_data={"twisted.plugins": ["nixforge_plugin.py"]},
     install_requires=[
-        "twisted>=24.7",
+        "twisted[tls]>=24.7",
         "klein>=24.8",
         "treq>=24.9",
         "attrs>=23.1",
         "zope.interface>=6.0",
+        "bcrypt>=4.0",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6"],

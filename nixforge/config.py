@@ -40,9 +40,9 @@ def default_data_dir(environ: Mapping[str, str]) -> str:
     return os.path.join(xdg, "nixforge")
 
 
-def _endpoint_for(host: str, port: int) -> str:
+def _endpoint_for(host: str, port: int, backlog: int) -> str:
     """The Twisted endpoint string that listens on `host`:`port` (colons escaped for IPv6)."""
-    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}"
+    return f"tcp:{port}:interface={host.replace(':', chr(92) + ':')}:backlog={backlog}"
 
 
 @frozen
@@ -76,6 +76,12 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError("must be a port number from 0 to 65535")
     return value
+
+
+def _htpasswd(text: str) -> str:
+    if text and not os.path.isfile(text):
+        raise ValueError("must name an existing htpasswd file (htpasswd -B)")
+    return os.path.abspath(text) if text else ""
 
 
 def _log_level(text: str) -> str:
@@ -181,6 +187,20 @@ SETTINGS: tuple[Setting, ...] = (
             "Builds waiting for a slot before pulls get 429."),
     Setting("max_layers", "NIXFORGE_MAX_LAYERS", "max-layers", "100", _layer_budget,
             "Most layers of an image assembled from a closure, the customisation layer included (2 to 125)."),
+    Setting("htpasswd", "NIXFORGE_HTPASSWD", "htpasswd", "", _htpasswd,
+            "htpasswd file of bcrypt entries (htpasswd -B); when set, every request needs HTTP Basic auth."),
+    Setting("header_timeout", "NIXFORGE_HEADER_TIMEOUT", "header-timeout", "20", _positive_float,
+            "Seconds a client has to send a whole request head, from its first byte (else 408)."),
+    Setting("send_timeout", "NIXFORGE_SEND_TIMEOUT", "send-timeout", "60", _positive_float,
+            "Seconds a response may stall on a client that does not read before it is dropped."),
+    Setting("max_connections", "NIXFORGE_MAX_CONNECTIONS", "max-connections", "512", _positive_int,
+            "Open client connections at once; more get 503."),
+    Setting("max_client_connections", "NIXFORGE_MAX_CLIENT_CONNECTIONS", "max-client-connections", "64",
+            _positive_int, "Open connections at once from one client address; more get 503."),
+    Setting("listen_backlog", "NIXFORGE_LISTEN_BACKLOG", "listen-backlog", "1024", _positive_int,
+            "Listen backlog when --port is a number (add backlog=N to an endpoint string)."),
+    Setting("error_log_tail", "NIXFORGE_ERROR_LOG_TAIL", "error-log-tail", "on", _boolean,
+            "Put the (scrubbed) build log tail in failed-build answers; off for public registries."),
     Setting("nix_binary", "NIXFORGE_NIX", "nix", "nix", str, "The nix executable."),
     Setting("accept_flake_config", "NIXFORGE_ACCEPT_FLAKE_CONFIG", "accept-flake-config", "true", _boolean,
             "true or false: true passes --accept-flake-config to Nix, trusting the configured flake's "
@@ -216,6 +236,13 @@ class ForgeConfig:
     max_builds: int = 2
     max_queued_builds: int = 16
     max_layers: int = 100
+    htpasswd: str = ""
+    header_timeout: float = 20.0
+    send_timeout: float = 60.0
+    max_connections: int = 512
+    max_client_connections: int = 64
+    listen_backlog: int = 1024
+    error_log_tail: bool = True
     nix_binary: str = "nix"
     accept_flake_config: bool = True
     nix_options: tuple[tuple[str, str], ...] = ()
@@ -252,14 +279,14 @@ class ForgeConfig:
                 raise ConfigError(f"invalid {where}={text!r}: {error}") from None
         values["nix_options"] = values["nix_options"] + tuple(nix_options)
         values["data_dir"] = os.path.abspath(values["data_dir"] or default_data_dir(environ))
-        values["endpoint"] = _endpoint_for(values["host"], values["port"])
+        values["endpoint"] = _endpoint_for(values["host"], values["port"], values["listen_backlog"])
         if port is not None:
             if port.isdigit():
                 try:
                     values["port"] = _port(port)
                 except ValueError as error:
                     raise ConfigError(f"invalid --port={port!r}: {error}") from None
-                values["endpoint"] = _endpoint_for(values["host"], values["port"])
+                values["endpoint"] = _endpoint_for(values["host"], values["port"], values["listen_backlog"])
             else:
                 values["endpoint"] = port
         return cls(**values)

@@ -17,10 +17,13 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
+from twisted.web.resource import IResource
 
 from nixforge import __version__, logs
 from nixforge.api.app import RegistryApi
+from nixforge.api.auth import Authenticator, AuthResource
+from nixforge.api.edge import EdgeSite
+from nixforge.api.htpasswd import HtpasswdFile
 from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
 from nixforge.images.builder import ImageBuilder
@@ -194,11 +197,13 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
         max_queued_builds=config.max_queued_builds, cache_size=config.cache_size,
     )
     api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
-                      max_tag_length=config.max_tag_length)
+                      max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail)
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
-    factory = Site(api.resource())
-    if not config.endpoint.startswith("ssl:"):
-        factory = RefuseTLSFactory(factory)
+    site = EdgeSite(_with_auth(api.resource(), config, run_in_thread, reactor),
+                    header_timeout=config.header_timeout, send_timeout=config.send_timeout,
+                    max_connections=config.max_connections,
+                    max_client_connections=config.max_client_connections, reactor=reactor)
+    factory = site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site)
     _ListeningService(endpoint, factory).setServiceParent(root)
     log.info("nixforge {version}: flake {flake}, data in {data_dir}", version=__version__,
              flake=config.flake, data_dir=config.data_dir)
@@ -207,6 +212,15 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
              commit_tags=config.commit_tags,
              script_user=scripts.user.name if scripts.user is not None else "nixforge's own user")
     return root
+
+
+def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, reactor: Any) -> IResource:
+    """The API behind HTTP Basic authentication when an htpasswd file is configured."""
+    if not config.htpasswd:
+        return resource
+    htpasswd = HtpasswdFile(config.htpasswd, run_in_thread, reactor)
+    htpasswd.load()
+    return AuthResource(resource, Authenticator(htpasswd, run_in_thread, reactor))
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:

@@ -11,7 +11,7 @@ from nixforge.tap import Options, config_or_exit
 def test_defaults() -> None:
     config = ForgeConfig.from_sources({"HOME": "/home/u"})
     assert config.log_level == "INFO"
-    assert config.endpoint == "tcp:5000:interface=0.0.0.0"
+    assert config.endpoint == "tcp:5000:interface=0.0.0.0:backlog=1024"
     assert config.flake == "github:imincik/flake-forge"
     assert config.build_timeout == 600
     assert config.cache_size == 50
@@ -28,7 +28,7 @@ def test_environment_is_read() -> None:
         "NIXFORGE_DATA_DIR": "/var/lib/forge", "NIXFORGE_NIX_OPTIONS": "substituters=; sandbox=false",
     })
     assert config.log_level == "DEBUG"
-    assert config.endpoint == "tcp:8080:interface=127.0.0.1"
+    assert config.endpoint == "tcp:8080:interface=127.0.0.1:backlog=1024"
     assert config.flake == "path:/srv/f"
     assert config.build_timeout == 30
     assert (config.cache_size, config.max_name_length, config.max_tag_length) == (7, 100, 20)
@@ -51,7 +51,7 @@ def test_options_override_environment(tmp_path: Path) -> None:
 
 def test_numeric_port_listens_on_flask_host() -> None:
     config = ForgeConfig.from_sources({"FLASK_HOST": "::1"}, port="5001")
-    assert config.endpoint == "tcp:5001:interface=\\:\\:1"
+    assert config.endpoint == "tcp:5001:interface=\\:\\:1:backlog=1024"
 
 
 def test_state_directory_is_the_default_data_dir() -> None:
@@ -130,3 +130,30 @@ def test_a_usable_data_dir_is_created_and_left_clean(tmp_path: Path) -> None:
     config = config_or_exit({"NIXFORGE_DATA_DIR": str(tmp_path / "new" / "data")})
     assert Path(config.data_dir).is_dir()
     assert list(Path(config.data_dir).iterdir()) == []
+
+
+def test_edge_settings_defaults_and_environment(tmp_path) -> None:
+    config = ForgeConfig.from_sources({})
+    assert (config.htpasswd, config.header_timeout, config.send_timeout) == ("", 20, 60)
+    assert (config.max_connections, config.max_client_connections, config.listen_backlog) == (512, 64, 1024)
+    assert config.error_log_tail is True
+    htpasswd = tmp_path / "htpasswd"
+    htpasswd.write_text("")
+    config = ForgeConfig.from_sources({
+        "NIXFORGE_HTPASSWD": str(htpasswd), "NIXFORGE_HEADER_TIMEOUT": "5", "NIXFORGE_SEND_TIMEOUT": "7",
+        "NIXFORGE_MAX_CONNECTIONS": "9", "NIXFORGE_MAX_CLIENT_CONNECTIONS": "3", "NIXFORGE_LISTEN_BACKLOG": "4096",
+        "NIXFORGE_ERROR_LOG_TAIL": "off", "FLASK_PORT": "5000",
+    })
+    assert config.htpasswd == str(htpasswd)
+    assert (config.header_timeout, config.send_timeout, config.max_connections) == (5, 7, 9)
+    assert config.max_client_connections == 3 and config.error_log_tail is False
+    assert config.endpoint == "tcp:5000:interface=0.0.0.0:backlog=4096"
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("NIXFORGE_HTPASSWD", "/nonexistent/htpasswd"), ("NIXFORGE_HEADER_TIMEOUT", "0"),
+    ("NIXFORGE_MAX_CONNECTIONS", "-3"), ("NIXFORGE_ERROR_LOG_TAIL", "maybe"),
+])
+def test_bad_edge_settings_are_refused(variable: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        ForgeConfig.from_sources({variable: value})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import unquote
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
@@ -15,7 +16,7 @@ from werkzeug.exceptions import NotFound
 
 from nixforge.api.accept import choose_manifest
 from nixforge.api.blob_sender import BlobProducer, parse_range
-from nixforge.api.errors import INTERNAL_ERROR, HttpError, error_response
+from nixforge.api.errors import API_VERSION, API_VERSION_HEADER, INTERNAL_ERROR, HttpError, error_response, write_error
 from nixforge.api.pagination import next_link, paginate, parse_page_request
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
@@ -23,8 +24,6 @@ from nixforge.references import Digest, parse_digest, parse_reference, validate_
 
 log = Logger()
 
-API_VERSION_HEADER = b"Docker-Distribution-API-Version"
-API_VERSION = b"registry/2.0"
 ALLOWED_METHODS = "GET, HEAD"
 _READ_METHODS = (b"GET", b"HEAD")
 _TAGS_SUFFIX = "/tags/list"
@@ -66,8 +65,19 @@ def _split_route(rest: str) -> tuple[str, str, str] | None:
     return name, kind, argument
 
 
+def _utf8_url(request: IRequest) -> bool:
+    """True if the (unquoted) path and the host name are UTF-8, as Klein needs to route them."""
+    try:
+        b"/".join(request.prepath + request.postpath).decode("utf-8")
+        request.getRequestHostname().decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 class _ApiVersionResource(Resource):
-    """Wrap the Klein resource so every response, even Klein's own, carries the API version header."""
+    """Wrap the Klein resource: every response carries the API version header, and what Klein
+    would answer in HTML (a path that is not UTF-8 once unquoted) gets an OCI JSON error instead."""
 
     isLeaf = True
 
@@ -78,6 +88,9 @@ class _ApiVersionResource(Resource):
     def render(self, request: IRequest) -> Any:
         """Add the version header, then let Klein route the request."""
         request.setHeader(API_VERSION_HEADER, API_VERSION)
+        if not _utf8_url(request):
+            return write_error(request, HttpError("NAME_INVALID", "the path is not UTF-8 once percent-decoded",
+                                                  {"path": request.uri.lstrip(b"/")[:300].decode("latin-1")}).response)
         return self._wrapped.render(request)
 
 
@@ -85,6 +98,8 @@ class RegistryApi:
     """The OCI distribution API (pull side): routes, validation, negotiation and error mapping."""
 
     app = Klein()
+    # werkzeug would answer `/v2//x` with an HTML 308 to `/v2/x`; a registry path has no empty part to merge.
+    app.url_map.merge_slashes = False
 
     def __init__(
         self,
@@ -92,8 +107,10 @@ class RegistryApi:
         reactor: Any,
         max_name_length: int = 255,
         max_tag_length: int = 128,
+        error_log_tail: bool = True,
     ) -> None:
         self._images = images
+        self._error_log_tail = error_log_tail
         self._reactor = reactor
         self._max_name_length = max_name_length
         self._max_tag_length = max_tag_length
@@ -127,8 +144,15 @@ class RegistryApi:
             return self._error(request, error)
 
     @app.handle_errors(NotFound)
-    def not_found(self, request: IRequest, failure: Failure) -> bytes:
-        """Paths outside `/v2/`: 405 for writes (this registry takes no pushes), else a JSON 404."""
+    async def not_found(self, request: IRequest, failure: Failure) -> bytes | None:
+        """Paths outside `/v2/`: 405 for writes (this registry takes no pushes), else a JSON 404.
+
+        A `/v2/…` path werkzeug did not match (its path converter stops at a line break) is
+        dispatched like any other, so a bad name or tag still gets its own error code.
+        """
+        path = unquote(request.path.decode("latin-1"), errors="replace")
+        if path.startswith("/v2/"):
+            return await self.v2(request, path[len("/v2/"):])
         try:
             self._require_read(request)
         except Exception as error:
@@ -245,11 +269,10 @@ class RegistryApi:
                 path=path,
             )
             response = INTERNAL_ERROR
-        request.setResponseCode(response.status)
+        if not self._error_log_tail:
+            response = response.without_log()
         for header in _SUCCESS_ONLY_HEADERS:
             request.responseHeaders.removeHeader(header)
-        for header, value in response.headers.items():
-            request.setHeader(header.encode(), value.encode())
         log.info(
             "error response {method} {path}: {status} {code}",
             method=method,
@@ -257,7 +280,4 @@ class RegistryApi:
             status=response.status,
             code=response.code,
         )
-        body = response.body()
-        request.setHeader(b"Content-Type", b"application/json")
-        request.setHeader(b"Content-Length", str(len(body)).encode())
-        return b"" if request.method == b"HEAD" else body
+        return write_error(request, response)

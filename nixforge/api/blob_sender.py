@@ -14,6 +14,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from nixforge.api.errors import HttpError
+from nixforge.api.numbers import is_decimal, saturating_decimal
 
 CHUNK_SIZE = 128 * 1024
 
@@ -52,7 +53,8 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
 
     A missing, malformed, non-`bytes` or multi-range header is ignored (RFC 9110 allows it).
     A single range that cannot be satisfied raises HttpError RANGE_INVALID (416), which carries
-    `Content-Range: bytes */<size>`.
+    `Content-Range: bytes */<size>`. Offsets longer than 18 digits read as "beyond any blob": a first
+    byte that large is unsatisfiable, a last byte that large means the end (RFC 9110 allows both).
     """
     if header is None:
         return None
@@ -61,17 +63,17 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
         return None
     first_text, dash, last_text = spec.strip().partition("-")
     first_text, last_text = first_text.strip(), last_text.strip()
-    if not dash or not all(text.isascii() and text.isdigit() for text in (first_text or "0", last_text or "0")):
+    if not dash or not all(is_decimal(text) for text in (first_text or "0", last_text or "0")):
         return None
     if not first_text:
         if not last_text:
             return None
-        suffix = int(last_text)
+        suffix = saturating_decimal(last_text)
         if suffix == 0 or size == 0:
             raise _unsatisfiable(size, header)
         return ByteRange(max(0, size - suffix), size - 1, size)
-    first = int(first_text)
-    last = int(last_text) if last_text else size - 1
+    first = saturating_decimal(first_text)
+    last = saturating_decimal(last_text) if last_text else size - 1
     if last_text and last < first:
         return None
     if first >= size:

@@ -1,10 +1,11 @@
-"""Map domain errors and HTTP-level failures to OCI error responses (status, headers, JSON body)."""
+"""Map domain errors and HTTP-level failures to OCI error responses (status, headers, redacted JSON body)."""
 
 from __future__ import annotations
 
 import json
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
+from twisted.web.iweb import IRequest
 
 from nixforge.errors import (
     BlobUnknown,
@@ -18,6 +19,7 @@ from nixforge.errors import (
     TagInvalid,
     TooManyBuilds,
 )
+from nixforge.redaction import redact, redact_value
 
 STATUS_BY_CODE: dict[str, int] = {
     "NAME_INVALID": 400,
@@ -59,9 +61,19 @@ class ErrorResponse:
     headers: dict[str, str] = field(factory=dict)
 
     def body(self) -> bytes:
-        """Return the JSON body `{"errors":[{"code","message","detail"}]}`."""
-        error = {"code": self.code, "message": self.message, "detail": self.detail}
+        """Return the JSON body `{"errors":[{"code","message","detail"}]}`, redacted.
+
+        This is the one place every error answer passes through, so it is where host paths outside
+        /nix/store, URL credentials and query strings, and OSError file names are scrubbed.
+        """
+        error = {"code": self.code, "message": redact(self.message), "detail": redact_value(self.detail)}
         return json.dumps({"errors": [error]}, default=str).encode()
+
+    def without_log(self) -> ErrorResponse:
+        """The same answer without the build log tail in its detail (for public registries)."""
+        if isinstance(self.detail, dict) and "log" in self.detail:
+            return evolve(self, detail={key: value for key, value in self.detail.items() if key != "log"})
+        return self
 
 
 class HttpError(Exception):
@@ -110,3 +122,17 @@ def error_response(error: BaseException) -> ErrorResponse | None:
 
 
 INTERNAL_ERROR = ErrorResponse(500, "UNKNOWN", "internal server error")
+API_VERSION_HEADER = b"Docker-Distribution-API-Version"
+API_VERSION = b"registry/2.0"
+
+
+def write_error(request: IRequest, response: ErrorResponse) -> bytes:
+    """Set the status, headers and JSON type of an error answer on `request`; return its body (none for HEAD)."""
+    request.setResponseCode(response.status)
+    for header, value in response.headers.items():
+        request.setHeader(header.encode(), value.encode())
+    body = response.body()
+    request.setHeader(API_VERSION_HEADER, API_VERSION)
+    request.setHeader(b"Content-Type", b"application/json")
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    return b"" if request.method == b"HEAD" else body

@@ -7,6 +7,7 @@ from urllib.parse import urlencode
 from attrs import frozen
 
 from nixforge.api.errors import HttpError
+from nixforge.api.numbers import SATURATED, is_decimal, saturating_decimal
 
 
 @frozen
@@ -38,13 +39,14 @@ def parse_page_request(args: dict[bytes, list[bytes]]) -> PageRequest:
     last = _first(args, b"last") or None
     if n_text is None or n_text == "":
         return PageRequest(None, last)
-    if not n_text.isascii() or not n_text.isdigit():
+    n = saturating_decimal(n_text) if is_decimal(n_text) else None
+    if n is None or n >= SATURATED:
         raise HttpError(
             "PAGINATION_NUMBER_INVALID",
             "invalid number of results requested",
             {"n": n_text[:50]},
         )
-    return PageRequest(int(n_text), last)
+    return PageRequest(n, last)
 
 
 def paginate(entries: list[str], request: PageRequest) -> Page:

@@ -11,10 +11,15 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 TLS_HANDSHAKE_RECORD = 0x16
-TLS_REFUSAL = (
-    b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
-    b"Client sent an HTTPS request to an HTTP server.\n"
+_REFUSAL_BODY = (
+    b'{"errors": [{"code": "UNSUPPORTED", "message": "Client sent an HTTPS request to an HTTP server.", '
+    b'"detail": null}]}'
 )
+TLS_REFUSAL = (
+    b"HTTP/1.0 400 Bad Request\r\nContent-Type: application/json\r\n"
+    b"Docker-Distribution-API-Version: registry/2.0\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
+    % len(_REFUSAL_BODY)
+) + _REFUSAL_BODY
 
 
 class _RefuseTLS(ProtocolWrapper):

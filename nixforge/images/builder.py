@@ -24,6 +24,7 @@ from nixforge.oci.closure_image import PackageMeta, assemble_closure_image
 from nixforge.oci.documents import ImageManifests
 from nixforge.oci.ingest import ingest_image
 from nixforge.oci.layer_cache import LayerCache
+from nixforge.redaction import redact_flake_ref
 from nixforge.store.interfaces import IBlobStore
 
 log = Logger()
@@ -231,7 +232,7 @@ def _application_image(target: BuildTarget, output: str) -> str:
 def _labels(target: BuildTarget, flake_ref: str, metadata: dict[str, object]) -> dict[str, str]:
     """OCI annotations/labels that say where an image came from (the revision when git-locked)."""
     labels = {
-        "org.opencontainers.image.source": flake_ref,
+        "org.opencontainers.image.source": redact_flake_ref(flake_ref),
         "org.opencontainers.image.title": target.name,
     }
     revision = locked_revision(metadata)

@@ -56,7 +56,7 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(
             f"end-to-end tests need `{name}` on PATH; install it with scripts/setup.sh "
-            f"(apt-get install nix-bin skopeo podman runc umoci busybox-static containerd)",
+            f"(apt-get install nix-bin skopeo podman runc umoci busybox-static containerd apache2-utils openssl)",
             pytrace=False,
         )
     return path

@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred
 from twisted.internet.task import Clock
 
 from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnknown
-from nixforge.images.builder import ImageBuilder
+from nixforge.images.builder import ImageBuilder, _labels
 from nixforge.images.targets import target_for
 from nixforge.nix.client import NixAttributeMissing, NixError, NixRefUnknown, NixTimeout
 from nixforge.oci.layer_cache import LayerCache
@@ -83,7 +83,7 @@ def test_a_package_with_an_image_serves_that_image(tmp_path: Path) -> None:
     assert store.read(manifests.oci.digest) == manifests.oci.body
     assert store.read(manifests.docker.digest) == manifests.docker.body
     annotations = json.loads(manifests.oci.body)["annotations"]
-    assert annotations["org.opencontainers.image.source"] == "path:/f"
+    assert annotations["org.opencontainers.image.source"] == "path:<host path>"
     assert annotations["org.opencontainers.image.revision"] == "c0ffee"
 
 
@@ -210,3 +210,9 @@ def test_no_time_left_is_a_timeout(tmp_path: Path) -> None:
     clock = Clock()
     builder, _ = make_builder(SlowMetadataNix({}), tmp_path, clock)
     assert run(builder.plan(target_for("hello"), "path:/f", "latest")).check(BuildTimedOut)
+
+
+def test_the_source_label_names_the_flake_without_credentials_query_or_host_path() -> None:
+    labels = _labels(target_for("hello"), "git+https://user:token@git.example/o/r?ref=main&access_token=x", {})
+    assert labels["org.opencontainers.image.source"] == "git+https://<credentials>@git.example/o/r"
+    assert _labels(target_for("hello"), "github:o/r/v1", {})["org.opencontainers.image.source"] == "github:o/r/v1"
