@@ -98,6 +98,39 @@ def _layer_budget(text: str) -> int:
     return value
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes from `123`, `512K`, `20M`, `1.5G`, `2T` (1024 multiples; `B`/`iB` may follow); `none` → None."""
+    value = text.strip().upper()
+    if value in ("", "NONE"):
+        return None
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?", value)
+    if match is None:
+        raise ValueError("must be bytes with an optional K, M, G or T suffix (1024 multiples), or none")
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    if size < 1:
+        raise ValueError("must be at least one byte")
+    return size
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `30m`, `12h` or `7d`; zero is allowed."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", text.strip())
+    if match is None:
+        raise ValueError("must be a duration: seconds, or a number with s, m, h or d (e.g. 7d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be a positive duration")
+    return value
+
+
 def parse_nix_options(text: str) -> tuple[tuple[str, str], ...]:
     """Parse `NAME=VALUE` pairs separated by newlines or semicolons."""
     pairs = []
@@ -135,6 +168,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Builds waiting for a slot before pulls get 429."),
     Setting("max_layers", "NIXFORGE_MAX_LAYERS", "max-layers", "100", _layer_budget,
             "Layer budget of an image assembled from a closure (at most 125)."),
+    Setting("max_store_size", "NIXFORGE_MAX_STORE_SIZE", "max-store-size", "none", parse_size,
+            "Cap on the blob store, in bytes with K/M/G/T (1024 multiples); GC evicts the least recently "
+            "pulled images beyond it."),
+    Setting("retention", "NIXFORGE_RETENTION", "retention", "7d", parse_duration,
+            "How long a tag's superseded manifest digests stay resolvable: seconds, or with s/m/h/d."),
+    Setting("gc_interval", "NIXFORGE_GC_INTERVAL", "gc-interval", "3600", _positive_duration,
+            "Seconds between GC runs (GC also runs after a build when the store is over its cap)."),
     Setting("nix_binary", "NIXFORGE_NIX", "nix", "nix", str, "The nix executable."),
     Setting("nix_options", "NIXFORGE_NIX_OPTIONS", None, "", parse_nix_options,
             "Extra Nix settings, NAME=VALUE separated by ';' (also --nix-option, repeatable)."),
@@ -159,6 +199,9 @@ class ForgeConfig:
     max_builds: int = 2
     max_queued_builds: int = 16
     max_layers: int = 100
+    max_store_size: int | None = None
+    retention: float = 7 * 86400.0
+    gc_interval: float = 3600.0
     nix_binary: str = "nix"
     nix_options: tuple[tuple[str, str], ...] = ()
 

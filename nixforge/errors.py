@@ -50,3 +50,11 @@ class TooManyBuilds(ForgeError):
     def __init__(self, message: str, retry_after: int, detail: object = None) -> None:
         super().__init__(message, detail)
         self.retry_after = retry_after
+
+
+class StoreFull(ForgeError):
+    """The blob store's disk is full (ENOSPC/EDQUOT); the client should retry after GC has run."""
+
+    def __init__(self, message: str, retry_after: int = 30, detail: object = None) -> None:
+        super().__init__(message, detail)
+        self.retry_after = retry_after

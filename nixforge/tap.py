@@ -27,6 +27,9 @@ from nixforge.images.service import ImageService
 from nixforge.nix.client import NixClient
 from nixforge.oci.layer_cache import LayerCache
 from nixforge.store.filesystem import FilesystemBlobStore
+from nixforge.store.gc import GarbageCollector
+from nixforge.store.gc_service import GcScheduler, GcTimerService
+from nixforge.store.pull_times import PullTimes
 from nixforge.store.tag_index import FilesystemTagIndex
 
 log = Logger()
@@ -160,17 +163,22 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
         return deferToThreadPool(reactor, pool, function, *args)
 
     store = FilesystemBlobStore(config.data_dir)
-    index = FilesystemTagIndex(config.data_dir)
+    index = FilesystemTagIndex(config.data_dir, clock=reactor.seconds, retention=config.retention)
+    layer_cache = LayerCache(os.path.join(config.data_dir, "layers"))
+    collector = GarbageCollector(store, index, layer_cache, PullTimes(os.path.join(config.data_dir, "pulls.json")),
+                                 max_size=config.max_store_size)
+    gc = GcScheduler(collector, run_in_thread, reactor)
+    GcTimerService(gc, config.gc_interval).setServiceParent(root)
     nix = NixClient(reactor=reactor, nix_binary=config.nix_binary, options=config.nix_options,
                     timeout=config.build_timeout)
-    builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(os.path.join(config.data_dir, "layers")),
+    builder = ImageBuilder(nix=nix, store=store, layer_cache=layer_cache,
                            run_in_thread=run_in_thread, clock=reactor, timeout=config.build_timeout,
                            max_layers=config.max_layers)
     _BuilderService(builder).setServiceParent(root)
     images = ImageService(
         reactor=reactor, builder=builder, store=store, index=index, run_in_thread=run_in_thread,
         flake=config.flake, refresh_interval=config.refresh_interval, max_builds=config.max_builds,
-        max_queued_builds=config.max_queued_builds, cache_size=config.cache_size,
+        max_queued_builds=config.max_queued_builds, cache_size=config.cache_size, keeper=gc,
     )
     api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length)
@@ -179,8 +187,9 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     if not config.endpoint.startswith("ssl:"):
         factory = RefuseTLSFactory(factory)
     _ListeningService(endpoint, factory).setServiceParent(root)
-    log.info("nixforge {version}: flake {flake}, data in {data_dir}", version=__version__,
-             flake=config.flake, data_dir=config.data_dir)
+    log.info("nixforge {version}: flake {flake}, data in {data_dir}, store cap {cap}", version=__version__,
+             flake=config.flake, data_dir=config.data_dir,
+             cap="none" if config.max_store_size is None else f"{config.max_store_size} bytes")
     return root
 
 

@@ -15,6 +15,9 @@ def test_defaults() -> None:
     assert config.cache_size == 50
     assert (config.max_name_length, config.max_tag_length) == (255, 128)
     assert config.max_layers == 100
+    assert config.max_store_size is None
+    assert config.retention == 7 * 86400
+    assert config.gc_interval == 3600
 
 
 def test_environment_is_read() -> None:
@@ -45,6 +48,24 @@ def test_options_override_environment() -> None:
     assert config.log_level == "WARN"
 
 
+@pytest.mark.parametrize("text, size", [
+    ("1", 1), ("512K", 512 * 1024), ("20M", 20 << 20), ("1.5G", 3 << 29), ("2T", 2 << 40), ("4GiB", 4 << 30),
+    ("8gb", 8 << 30), ("none", None),
+])
+def test_store_size_takes_binary_suffixes(text: str, size: int | None) -> None:
+    assert ForgeConfig.from_sources({"NIXFORGE_MAX_STORE_SIZE": text}).max_store_size == size
+
+
+def test_retention_and_gc_interval_take_durations() -> None:
+    options = Options()
+    options.parseOptions(["--max-store-size", "3G", "--retention", "12h", "--gc-interval", "90s"])
+    assert options.config.max_store_size == 3 << 30
+    assert options.config.retention == 12 * 3600
+    assert options.config.gc_interval == 90
+    assert ForgeConfig.from_sources({"NIXFORGE_RETENTION": "0"}).retention == 0
+    assert ForgeConfig.from_sources({"NIXFORGE_RETENTION": "3600"}).retention == 3600
+
+
 def test_numeric_port_listens_on_flask_host() -> None:
     config = ForgeConfig.from_sources({"FLASK_HOST": "::1"}, port="5001")
     assert config.endpoint == "tcp:5001:interface=\\:\\:1"
@@ -58,6 +79,8 @@ def test_state_directory_is_the_default_data_dir() -> None:
     ("NIX_BUILD_TIMEOUT", "soon"), ("NIX_BUILD_TIMEOUT", "-1"), ("CACHE_SIZE", "0"), ("FLASK_PORT", "70000"),
     ("LOG_LEVEL", "LOUD"), ("GITHUB_REPO", "--impure"), ("GITHUB_REPO", "github:a/b#evil"),
     ("FLASK_HOST", "a b"), ("NIXFORGE_MAX_LAYERS", "500"), ("NIXFORGE_NIX_OPTIONS", "no-equals"),
+    ("NIXFORGE_MAX_STORE_SIZE", "20X"), ("NIXFORGE_MAX_STORE_SIZE", "-5G"), ("NIXFORGE_MAX_STORE_SIZE", "0"),
+    ("NIXFORGE_RETENTION", "a week"), ("NIXFORGE_RETENTION", "-1d"), ("NIXFORGE_GC_INTERVAL", "0"),
 ])
 def test_bad_values_are_refused_with_one_line(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
