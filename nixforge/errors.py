@@ -40,6 +40,10 @@ class BuildFailed(ForgeError):
     """Nix (or image assembly) failed; `detail` holds the tail of the build log."""
 
 
+class BuildCancelled(BuildFailed):
+    """The registry is stopping: image assembly was interrupted and nothing of it was published."""
+
+
 class BuildTimedOut(ForgeError):
     """The build ran longer than the configured timeout and was killed."""
 

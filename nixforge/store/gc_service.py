@@ -7,7 +7,7 @@ from typing import Any
 
 from attrs import define, field
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -97,8 +97,7 @@ class GcScheduler:
 
 
 class GcTimerService(TimerService):
-    """Run GC every `interval` seconds (first at start-up, finishing a crashed run's journal);
-    at stop, interrupt a run between deletions and save the pull times."""
+    """Run GC every `interval` seconds, first at start-up (finishing a crashed run's journal)."""
 
     def __init__(self, scheduler: GcScheduler, interval: float) -> None:
         super().__init__(interval, self._tick)
@@ -112,10 +111,9 @@ class GcTimerService(TimerService):
         super().startService()
 
     def stopService(self) -> Deferred[Any]:
+        """Interrupt a run between deletions, save the pull times (queued before the pool stops)."""
         self.scheduler.collector.cancelled.set()
+        saved = self.scheduler.run_in_thread(self.scheduler.collector.pulls.save)
+        saved.addErrback(lambda reason: log.failure("saving pull times failed", reason))
         stopped = super().stopService()
-        stopped = stopped if isinstance(stopped, Deferred) else succeed(None)
-        stopped.addCallback(lambda _: self.scheduler.idle())
-        stopped.addCallback(lambda _: self.scheduler.run_in_thread(self.scheduler.collector.pulls.save))
-        stopped.addErrback(lambda reason: log.failure("saving pull times failed", reason))
-        return stopped
+        return gatherResults([saved, stopped if isinstance(stopped, Deferred) else succeed(None)])

@@ -18,8 +18,8 @@ from nixforge.images.service import ImageService
 from nixforge.images.targets import BuildTarget
 from nixforge.oci.documents import ImageManifests, build_manifests
 from nixforge.oci.layer_writer import LayerWriter
-from nixforge.store.memory import MemoryBlobStore
 from nixforge.store.interfaces import IStoreKeeper
+from nixforge.store.memory import MemoryBlobStore
 from nixforge.store.tag_index import MemoryTagIndex
 
 

@@ -104,7 +104,7 @@ def test_cap_evicts_least_recently_pulled_images_first(tmp_path: Path) -> None:
     """Over the cap, the image pulled longest ago goes (record and unique blobs), shared layers stay."""
     big = [bytes([65 + i]) * 40_000 for i in range(3)]
     f = Fixture(tmp_path)
-    images = {name: f.image(payload, b"shared-layer") for name, payload in zip("abc", big)}
+    images = {name: f.image(payload, b"shared-layer") for name, payload in zip("abc", big, strict=True)}
     records = {name: f.tag(name, manifests) for name, manifests in images.items()}
     f.pulls.record("a", "latest", f.clock() + 300)
     f.pulls.record("b", "latest", f.clock() + 100)  # pulled longest ago
