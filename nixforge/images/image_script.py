@@ -13,10 +13,15 @@ import signal
 import subprocess
 import threading
 
+from twisted.logger import Logger
+
 from nixforge.errors import BuildFailed, BuildTimedOut
 from nixforge.oci.docker_archive import ingest_stream
 from nixforge.oci.documents import ImageManifests
 from nixforge.store.interfaces import IBlobStore
+
+
+log = Logger()
 
 
 class ScriptRunner:
@@ -54,6 +59,7 @@ class ScriptRunner:
         with self._lock:
             self._running.add(process)
         watchdog.start()
+        log.debug("ingesting the archive streamed by {path}", path=path)
         try:
             assert process.stdout is not None
             try:

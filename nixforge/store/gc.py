@@ -225,6 +225,7 @@ class GarbageCollector:
         With `only_over_cap`, do nothing (return None) while the store fits its cap.
         """
         if only_over_cap and not self.over_cap() and self.journal.read() is None:
+            log.debug("gc ({reason}): the store is within its cap", reason=reason)
             return None
         started = time.monotonic()
         floor = self.store.leases.floor()
