@@ -167,14 +167,18 @@ class GarbageCollector:
 
     # -- sweep --------------------------------------------------------------------------------
 
-    def _delete(self, candidates: Iterable[str], keep: set[str], floor: int) -> tuple[int, int, bool]:
-        """Unlink candidates not in `keep` and not protected by a lease; (count, bytes, finished)."""
-        deleted, freed, gone = 0, 0, set()
+    def _delete(self, candidates: Iterable[str], keep: set[str], floor: int,
+                gone: set[str] | None = None) -> tuple[int, int, bool]:
+        """Unlink candidates not in `keep` (nor in `gone`, filled with what went) and not protected
+        by a lease; return (count, bytes, finished)."""
+        deleted, freed = 0, 0
+        gone = set() if gone is None else gone
+        already = set(gone)
         for digest in candidates:
             if self.cancelled.is_set():
-                self.layer_cache.forget_blobs(gone)
+                self.layer_cache.forget_blobs(gone - already)
                 return deleted, freed, False
-            if digest in keep:
+            if digest in keep or digest in already:
                 continue
             size = self.store.delete(digest, floor)
             if size is not None:
@@ -182,7 +186,7 @@ class GarbageCollector:
                 freed += size
                 gone.add(digest)
                 self._references.pop(digest, None)
-        self.layer_cache.forget_blobs(gone)
+        self.layer_cache.forget_blobs(gone - already)
         return deleted, freed, True
 
     def _finish(self, plan: GcPlan, floor: int) -> tuple[int, int, int, bool]:
@@ -193,7 +197,8 @@ class GarbageCollector:
         a crash never deletes what a record put since then references.
         """
         records = self.index.records()
-        deleted, freed, finished = self._delete(plan.delete, self._keep(records), floor)
+        gone: set[str] = set()
+        deleted, freed, finished = self._delete(plan.delete, self._keep(records), floor, gone)
         if not finished:
             return 0, deleted, freed, False
         evicted = 0
@@ -206,7 +211,7 @@ class GarbageCollector:
             if removed:
                 self.pulls.forget(record.name, record.tag)
                 evicted += 1
-        more, more_freed, finished = self._delete(plan.delete, self._keep(self.index.records()), floor)
+        more, more_freed, finished = self._delete(plan.delete, self._keep(self.index.records()), floor, gone)
         if finished:
             self.journal.clear()
         return evicted, deleted + more, freed + more_freed, finished
