@@ -20,7 +20,6 @@ from nixforge.oci.docker_archive import ingest_stream
 from nixforge.oci.documents import ImageManifests
 from nixforge.store.interfaces import IBlobStore
 
-
 log = Logger()
 
 

@@ -1,7 +1,8 @@
-"""Garbage collection of the blob store: evict the least recently pulled images over the cap, forget
-superseded digests past the retention window, and delete every blob no retained manifest references.
+"""Garbage collection of the blob store: the cap, the retention window, mark and sweep, a journal.
 
-Blocking throughout: run `collect` in a worker thread, one run at a time (gc_service does both).
+GC evicts the least recently pulled images over the cap, forgets superseded digests past the
+retention window, and deletes every blob no retained manifest references. Blocking throughout:
+run `collect` in a worker thread, one run at a time (gc_service does both).
 
 **What is retained.** Every current tag record, and each tag's superseded manifests for the
 retention window (so a digest a client pinned keeps resolving). Mark: those manifests, their
@@ -19,11 +20,14 @@ blob until its record is indexed, and the store numbers every blob it publishes 
 GC takes the floor (oldest live lease, else "now") when it starts and spares every blob touched at
 or after it, checking under the store's lock as it unlinks: a layer-cache hit during the sweep
 either sees the blob gone (and writes it again) or protects it. Reads by clients are not blocked.
+Leases live in one process, so GC assumes one registry per data dir: replicas sharing a blob store
+would need the leases kept in the store itself (not done).
 
 **Readers.** Blobs are unlinked, never truncated: a blob being streamed stays readable to its end.
 
 **Crashes.** A run writes its plan (records to evict, blobs to delete) to a durable journal, then
-removes the records, then the blobs, then the journal. A run that finds a journal finishes it first
+deletes the plain garbage (first: it frees space without touching the index, and the disk may be
+full), removes the records, deletes their blobs, and removes the journal. A run that finds a journal finishes it first
 (re-checking each blob against a fresh mark), so after a kill at any moment the index never names a
 missing blob, and nothing that is still referenced is deleted.
 """

@@ -120,6 +120,8 @@ def test_kill_9_at_each_phase_leaves_a_whole_store(
     forge.kill()
     after_kill = check_data_dir(forge.data_dir)
     assert after_kill["records"] >= 1
+    if phase == "index write":
+        print(f"killed at the index write; tool-b record on disk: {after_kill['records'] == 2}")
     if phase in ("ingest", "assembly"):  # killed mid-blob: the half-written blob is a hidden temporary
         assert list((forge.data_dir / "tmp").iterdir())
     forge.start()
