@@ -102,6 +102,7 @@ class GcTimerService(TimerService):
     def __init__(self, scheduler: GcScheduler, interval: float) -> None:
         super().__init__(interval, self._tick)
         self.scheduler = scheduler
+        self.clock = scheduler.clock  # TimerService would use the global reactor otherwise
 
     def _tick(self) -> Deferred[Any]:
         return self.scheduler.run("timer").addErrback(lambda _: None)

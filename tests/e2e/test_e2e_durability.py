@@ -99,7 +99,7 @@ def pull_in_background(forge: ForgeProcess, name: str, threads: list[threading.T
 PHASES = {
     # phase: (image, the log line that says the phase is running, seconds to wait before the kill)
     "plan": ("slowplan", re.compile(r"running \S+ .*eval.*#slowplan"), 1.0),
-    "build": ("fresh-b", re.compile(r"build started fresh-b:latest"), 0.8),
+    "build": ("killbuild", re.compile(r"build started killbuild:latest"), 1.0),
     "ingest": ("slowingest", re.compile(r"ingesting the archive streamed by"), 1.5),
     "assembly": ("huge", re.compile(r"assembling huge from"), 3.0),
     "index write": ("tool-b", re.compile(r"storing the tag record of tool-b:latest"), 0.0),
@@ -220,7 +220,7 @@ def test_the_store_stays_under_its_cap_over_a_sequence_of_pulls(forge_factory: F
     cap = 3 << 20
     forge = forge_factory("forge", extra_args=["--max-store-size", "3M"])
     sizes = []
-    sequence = ["hello", "applications/app1/web", "applications/app1/db", "fresh", "chatty", "hello"]
+    sequence = ["hello", "applications/app1/web", "applications/app1/db", "capped-a", "capped-b", "hello"]
     gc_after_build = re.compile(r"gc \(after build\)")
     for name in sequence:
         forge.manifest(name)

@@ -114,6 +114,7 @@ def test_tags_map_to_git_refs() -> None:
     service, builder, _ = make_service()
     service.resolve_tag("packages/hello", "v1.0")
     assert builder.calls == [("packages/hello", "github:o/r/v1.0", "v1.0")]
+    builder.release()
 
 
 def test_stale_latest_is_served_while_a_rebuild_runs_in_the_background() -> None:
@@ -173,6 +174,7 @@ def test_queue_limit_gives_too_many_builds() -> None:
     assert third.check(TooManyBuilds)
     assert third.value.retry_after > 0
     assert [call[0] for call in builder.calls] == ["a"]
+    builder.release()  # leave no build pending for the garbage collector to find
 
 
 def test_unknown_names_and_digests() -> None:
@@ -256,6 +258,7 @@ def test_probes_do_not_hold_build_slots() -> None:
     for name in ["x1", "x2", "x3"]:
         assert result_of(service.resolve_tag(name, "latest")).check(NameUnknown)
     assert [call[0] for call in builder.calls] == ["a"]
+    builder.release()
 
 
 @implementer(IStoreKeeper)
