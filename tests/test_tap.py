@@ -18,7 +18,7 @@ class ThreadedMemoryReactor(MemoryReactorClock):
         super().__init__()
         self.from_threads: list[object] = []
 
-    def callFromThread(self, function: object, *args: object, **kwargs: object) -> None:  # noqa: N802
+    def callFromThread(self, function: object, *args: object, **kwargs: object) -> None:
         self.from_threads.append(function)
 
 

@@ -71,7 +71,6 @@ class ImageService:
 
     async def _resolve_tag(self, name: str, tag: str) -> ImageManifests:
         target = target_for(name)
-        self.keeper.pulled(name, tag)
         record = self.index.get(name, tag)
         if record is not None:
             try:
@@ -79,6 +78,9 @@ class ImageService:
             except ForgeError:
                 log.warn("stored image {name}:{tag} is incomplete; rebuilding", name=name, tag=tag)
             else:
+                # Only stored images count (a build's time is its first use), so made-up names
+                # never fill the pull times.
+                self.keeper.pulled(name, tag)
                 if self._is_stale(record):
                     self._refresh_in_background(target, tag)
                 return manifests

@@ -293,11 +293,15 @@ def test_a_build_holds_a_lease_until_its_record_is_indexed_then_asks_for_gc() ->
     service, builder, _ = make_service(index=index, keeper=keeper)
     service.resolve_tag("hello", "latest")
     builder.release()
-    assert keeper.events == [("pulled", "hello", "latest"), ("begin", 0), ("end", 7, 1), ("stored",)]
+    assert keeper.events == [("begin", 0), ("end", 7, 1), ("stored",)]
     record = index.get("hello", "latest")
     keeper.events.clear()
+    result_of(service.resolve_tag("hello", "latest"))
     result_of(service.manifest_by_digest("hello", record.docker_digest))
-    assert keeper.events == [("pulled", "hello", "latest")]
+    assert keeper.events == [("pulled", "hello", "latest"), ("pulled", "hello", "latest")]
+    builder.plan_fails_with = NameUnknown("no such package")
+    assert result_of(service.resolve_tag("made-up", "latest")).check(NameUnknown)
+    assert ("pulled", "made-up", "latest") not in keeper.events
 
 
 def test_a_full_store_fails_the_pull_and_asks_for_gc() -> None:
