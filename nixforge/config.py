@@ -150,6 +150,39 @@ def _boolean(text: str) -> bool:
     raise ValueError("must be true or false (also 1/0, yes/no, on/off)")
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_DURATION_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_size(text: str) -> int | None:
+    """Bytes from `123`, `512K`, `20M`, `1.5G`, `2T` (1024 multiples; `B`/`iB` may follow); `none` → None."""
+    value = text.strip().upper()
+    if value in ("", "NONE"):
+        return None
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?", value)
+    if match is None:
+        raise ValueError("must be bytes with an optional K, M, G or T suffix (1024 multiples), or none")
+    size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    if size < 1:
+        raise ValueError("must be at least one byte")
+    return size
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from `90`, `90s`, `30m`, `12h` or `7d`; zero is allowed."""
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", text.strip())
+    if match is None:
+        raise ValueError("must be a duration: seconds, or a number with s, m, h or d (e.g. 7d)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _positive_duration(text: str) -> float:
+    value = parse_duration(text)
+    if value <= 0:
+        raise ValueError("must be a positive duration")
+    return value
+
+
 def parse_nix_options(text: str) -> tuple[tuple[str, str], ...]:
     """Parse `NAME=VALUE` pairs separated by newlines or semicolons."""
     pairs = []
@@ -201,6 +234,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Listen backlog when --port is a number (add backlog=N to an endpoint string)."),
     Setting("error_log_tail", "NIXFORGE_ERROR_LOG_TAIL", "error-log-tail", "on", _boolean,
             "Put the (scrubbed) build log tail in failed-build answers; off for public registries."),
+    Setting("max_store_size", "NIXFORGE_MAX_STORE_SIZE", "max-store-size", "none", parse_size,
+            "Cap on the blob store, in bytes with K/M/G/T (1024 multiples); GC evicts the least recently "
+            "pulled images beyond it."),
+    Setting("retention", "NIXFORGE_RETENTION", "retention", "7d", parse_duration,
+            "How long a tag's superseded manifest digests stay resolvable: seconds, or with s/m/h/d."),
+    Setting("gc_interval", "NIXFORGE_GC_INTERVAL", "gc-interval", "3600", _positive_duration,
+            "Seconds between GC runs (GC also runs after a build when the store is over its cap)."),
     Setting("nix_binary", "NIXFORGE_NIX", "nix", "nix", str, "The nix executable."),
     Setting("accept_flake_config", "NIXFORGE_ACCEPT_FLAKE_CONFIG", "accept-flake-config", "true", _boolean,
             "true or false: true passes --accept-flake-config to Nix, trusting the configured flake's "
@@ -243,6 +283,9 @@ class ForgeConfig:
     max_client_connections: int = 64
     listen_backlog: int = 1024
     error_log_tail: bool = True
+    max_store_size: int | None = None
+    retention: float = 7 * 86400.0
+    gc_interval: float = 3600.0
     nix_binary: str = "nix"
     accept_flake_config: bool = True
     nix_options: tuple[tuple[str, str], ...] = ()

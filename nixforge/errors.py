@@ -40,6 +40,10 @@ class BuildFailed(ForgeError):
     """Nix (or image assembly) failed; `detail` holds the tail of the build log."""
 
 
+class BuildCancelled(BuildFailed):
+    """The registry is stopping: image assembly was interrupted and nothing of it was published."""
+
+
 class BuildTimedOut(ForgeError):
     """The build ran longer than the configured timeout and was killed."""
 
@@ -48,5 +52,13 @@ class TooManyBuilds(ForgeError):
     """The build queue is full; the client should retry after `retry_after` seconds."""
 
     def __init__(self, message: str, retry_after: int, detail: object = None) -> None:
+        super().__init__(message, detail)
+        self.retry_after = retry_after
+
+
+class StoreFull(ForgeError):
+    """The blob store's disk is full (ENOSPC/EDQUOT); the client should retry after GC has run."""
+
+    def __init__(self, message: str, retry_after: int = 30, detail: object = None) -> None:
         super().__init__(message, detail)
         self.retry_after = retry_after

@@ -34,7 +34,10 @@ from nixforge.images.service import ImageService
 from nixforge.nix.client import NixClient
 from nixforge.oci.layer_cache import LayerCache
 from nixforge.store.filesystem import FilesystemBlobStore
+from nixforge.store.gc import GarbageCollector
+from nixforge.store.gc_service import GcScheduler, GcTimerService
 from nixforge.store.locked_revisions import FilesystemLockedRevisions
+from nixforge.store.pull_times import PullTimes
 from nixforge.store.tag_index import FilesystemTagIndex
 
 log = Logger()
@@ -181,11 +184,16 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
         return deferToThreadPool(reactor, pool, function, *args)
 
     store = FilesystemBlobStore(config.data_dir)
-    index = FilesystemTagIndex(config.data_dir)
+    index = FilesystemTagIndex(config.data_dir, clock=reactor.seconds, retention=config.retention)
+    layer_cache = LayerCache(os.path.join(config.data_dir, "layers"))
+    collector = GarbageCollector(store, index, layer_cache, PullTimes(os.path.join(config.data_dir, "pulls.json")),
+                                 max_size=config.max_store_size)
+    gc = GcScheduler(collector, run_in_thread, reactor)
+    GcTimerService(gc, config.gc_interval).setServiceParent(root)
     nix = NixClient(reactor=reactor, nix_binary=config.nix_binary, options=config.nix_options,
                     accept_flake_config=config.accept_flake_config, timeout=config.build_timeout)
     scripts = ScriptRunner(ScriptUser.for_this_process(config.script_user))
-    builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(os.path.join(config.data_dir, "layers")),
+    builder = ImageBuilder(nix=nix, store=store, layer_cache=layer_cache,
                            run_in_thread=run_in_thread, clock=reactor, timeout=config.build_timeout,
                            max_layers=config.max_layers, scripts=scripts)
     _BuilderService(builder).setServiceParent(root)
@@ -194,7 +202,7 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     images = ImageService(
         reactor=reactor, builder=builder, store=store, index=index, run_in_thread=run_in_thread,
         flake=config.flake, policy=policy, refresh_interval=config.refresh_interval, max_builds=config.max_builds,
-        max_queued_builds=config.max_queued_builds, cache_size=config.cache_size,
+        max_queued_builds=config.max_queued_builds, cache_size=config.cache_size, keeper=gc,
     )
     api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail)
@@ -205,8 +213,9 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                     max_client_connections=config.max_client_connections, reactor=reactor)
     factory = site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site)
     _ListeningService(endpoint, factory).setServiceParent(root)
-    log.info("nixforge {version}: flake {flake}, data in {data_dir}", version=__version__,
-             flake=config.flake, data_dir=config.data_dir)
+    log.info("nixforge {version}: flake {flake}, data in {data_dir}, store cap {cap}", version=__version__,
+             flake=config.flake, data_dir=config.data_dir,
+             cap="none" if config.max_store_size is None else f"{config.max_store_size} bytes")
     log.info("serving packages {packages}, refs {refs}, commit tags {commit_tags}; image scripts run as "
              "{script_user}", packages=",".join(config.packages), refs=",".join(config.refs),
              commit_tags=config.commit_tags,

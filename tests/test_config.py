@@ -19,6 +19,9 @@ def test_defaults() -> None:
     assert config.max_layers == 100
     assert (config.packages, config.refs, config.commit_tags) == (("*",), ("*",), "known")
     assert config.script_user == "nobody"
+    assert config.max_store_size is None
+    assert config.retention == 7 * 86400
+    assert config.gc_interval == 3600
 
 
 def test_environment_is_read() -> None:
@@ -49,6 +52,24 @@ def test_options_override_environment(tmp_path: Path) -> None:
     assert config.log_level == "WARN"
 
 
+@pytest.mark.parametrize("text, size", [
+    ("1", 1), ("512K", 512 * 1024), ("20M", 20 << 20), ("1.5G", 3 << 29), ("2T", 2 << 40), ("4GiB", 4 << 30),
+    ("8gb", 8 << 30), ("none", None),
+])
+def test_store_size_takes_binary_suffixes(text: str, size: int | None) -> None:
+    assert ForgeConfig.from_sources({"NIXFORGE_MAX_STORE_SIZE": text}).max_store_size == size
+
+
+def test_retention_and_gc_interval_take_durations() -> None:
+    options = Options()
+    options.parseOptions(["--max-store-size", "3G", "--retention", "12h", "--gc-interval", "90s"])
+    assert options.config.max_store_size == 3 << 30
+    assert options.config.retention == 12 * 3600
+    assert options.config.gc_interval == 90
+    assert ForgeConfig.from_sources({"NIXFORGE_RETENTION": "0"}).retention == 0
+    assert ForgeConfig.from_sources({"NIXFORGE_RETENTION": "3600"}).retention == 3600
+
+
 def test_numeric_port_listens_on_flask_host() -> None:
     config = ForgeConfig.from_sources({"FLASK_HOST": "::1"}, port="5001")
     assert config.endpoint == "tcp:5001:interface=\\:\\:1:backlog=1024"
@@ -65,6 +86,8 @@ def test_state_directory_is_the_default_data_dir() -> None:
     ("NIXFORGE_PACKAGES", "hello,,tool-*"), ("NIXFORGE_PACKAGES", "Hello"), ("NIXFORGE_REFS", "main,a/b"),
     ("NIXFORGE_COMMIT_TAGS", "some"), ("NIXFORGE_SCRIPT_USER", "no-such-user-here"),
     ("NIXFORGE_MAX_LAYERS", "1"), ("NIXFORGE_ACCEPT_FLAKE_CONFIG", "maybe"),
+    ("NIXFORGE_MAX_STORE_SIZE", "20X"), ("NIXFORGE_MAX_STORE_SIZE", "-5G"), ("NIXFORGE_MAX_STORE_SIZE", "0"),
+    ("NIXFORGE_RETENTION", "a week"), ("NIXFORGE_RETENTION", "-1d"), ("NIXFORGE_GC_INTERVAL", "0"),
 ])
 def test_bad_values_are_refused_with_one_line(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:

@@ -7,7 +7,19 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 
 from nixforge.config import ForgeConfig
+from nixforge.store.gc_service import GcTimerService
 from nixforge.tap import Options, makeService
+
+
+class ThreadedMemoryReactor(MemoryReactorClock):
+    """MemoryReactorClock that accepts results from the thread pool (GC runs at start-up) and drops them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.from_threads: list[object] = []
+
+    def callFromThread(self, function: object, *args: object, **kwargs: object) -> None:
+        self.from_threads.append(function)
 
 
 def test_the_plugin_is_discoverable() -> None:
@@ -17,7 +29,7 @@ def test_the_plugin_is_discoverable() -> None:
 
 
 def test_make_service_listens_on_the_configured_endpoint(tmp_path: Path) -> None:
-    reactor = MemoryReactorClock()
+    reactor = ThreadedMemoryReactor()
     options = Options()
     options.parseOptions(["--port", "tcp:5123:interface=127.0.0.1", "--data-dir", str(tmp_path / "data"),
                           "--flake", "path:/nonexistent"])
@@ -26,6 +38,8 @@ def test_make_service_listens_on_the_configured_endpoint(tmp_path: Path) -> None
     try:
         assert [(port, interface) for port, _, _, interface in reactor.tcpServers] == [(5123, "127.0.0.1")]
         assert (tmp_path / "data" / "blobs" / "sha256").is_dir()
+        [timer] = [child for child in service if isinstance(child, GcTimerService)]
+        assert timer.step == 3600 and timer.clock is reactor and timer.running
     finally:
         service.stopService()
 
@@ -37,7 +51,7 @@ def test_numeric_port_uses_flask_host(tmp_path: Path, monkeypatch) -> None:
     options.parseOptions(["--port", "5124"])
     assert options.config == ForgeConfig.from_sources(
         {"FLASK_HOST": "127.0.0.2", "NIXFORGE_DATA_DIR": str(tmp_path)}, port="5124")
-    reactor = MemoryReactorClock()
+    reactor = ThreadedMemoryReactor()
     service = makeService(options, reactor)
     service.startService()
     try:

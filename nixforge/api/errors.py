@@ -16,6 +16,7 @@ from nixforge.errors import (
     ManifestUnknown,
     NameInvalid,
     NameUnknown,
+    StoreFull,
     TagInvalid,
     TooManyBuilds,
 )
@@ -105,6 +106,14 @@ def error_response(error: BaseException) -> ErrorResponse | None:
         return ErrorResponse(
             status=429,
             code="TOOMANYREQUESTS",
+            message=error.message,
+            detail=error.detail,
+            headers={"Retry-After": str(max(0, int(error.retry_after)))},
+        )
+    if isinstance(error, StoreFull):
+        return ErrorResponse(
+            status=503,
+            code="UNAVAILABLE",
             message=error.message,
             detail=error.detail,
             headers={"Retry-After": str(max(0, int(error.retry_after)))},

@@ -8,6 +8,7 @@ assembles the image. Each phase has the build timeout as one deadline shared by 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -73,6 +74,7 @@ class ImageBuilder:
     max_layers: int = 100
     scripts: ScriptRunner = field(factory=ScriptRunner)
     store_dir: str = "/nix/store"
+    cancel: threading.Event = field(factory=threading.Event)
 
     async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan:
         """Lock the flake (`nix flake metadata`) and probe the target (one `nix eval`); no build yet."""
@@ -147,7 +149,8 @@ class ImageBuilder:
         return real
 
     def stop(self) -> Deferred[None]:
-        """Kill every running nix command and image script (the registry is stopping)."""
+        """Kill every running nix command and image script, interrupt assembly (the registry stops)."""
+        self.cancel.set()
         self.scripts.kill_all()
         return self.nix.stop()
 
@@ -190,7 +193,8 @@ class ImageBuilder:
     def _assemble(self, closure: Any, meta: PackageMeta) -> ImageManifests:
         """Worker thread: assemble an image from a closure and store both manifests."""
         try:
-            manifests = assemble_closure_image(self.store, self.layer_cache, closure, meta, self.max_layers)
+            manifests = assemble_closure_image(self.store, self.layer_cache, closure, meta, self.max_layers,
+                                               cancel=self.cancel)
         except (ValueError, OSError) as error:
             raise BuildFailed("cannot assemble the image from the closure", {"error": str(error)}) from error
         return self._stored(manifests)

@@ -14,11 +14,15 @@ import signal
 import subprocess
 import threading
 
+from twisted.logger import Logger
+
 from nixforge.errors import BuildFailed, BuildTimedOut
 from nixforge.images.script_user import SCRIPT_ENVIRONMENT, ScriptUser
 from nixforge.oci.docker_archive import ingest_stream
 from nixforge.oci.documents import ImageManifests
 from nixforge.store.interfaces import IBlobStore
+
+log = Logger()
 
 
 class ScriptRunner:
@@ -62,6 +66,7 @@ class ScriptRunner:
         with self._lock:
             self._running.add(process)
         watchdog.start()
+        log.debug("ingesting the archive streamed by {path}", path=path)
         try:
             assert process.stdout is not None
             try:

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nixforge.errors import BlobUnknown, ForgeError, ManifestUnknown, NameUnknown, TooManyBuilds
+from nixforge.errors import BlobUnknown, ForgeError, ManifestUnknown, NameUnknown, StoreFull, TooManyBuilds
 from nixforge.images.builder import BuildPlan
 from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.images.manifest_cache import ManifestCache
@@ -22,7 +22,8 @@ from nixforge.images.policy import AccessPolicy
 from nixforge.images.single_flight import SingleFlight
 from nixforge.images.targets import BuildTarget, flake_ref_for, is_immutable, target_for
 from nixforge.oci.documents import ImageManifests, ManifestDocument
-from nixforge.store.interfaces import IBlobStore, ITagIndex, TagRecord
+from nixforge.store.interfaces import IBlobStore, IStoreKeeper, ITagIndex, TagRecord
+from nixforge.store.memory import NoStoreKeeper
 
 log = Logger()
 LOGGED_TAIL_LINES = 15
@@ -69,6 +70,7 @@ class ImageService:
     max_builds: int = 2
     max_queued_builds: int = 16
     cache_size: int = 50
+    keeper: IStoreKeeper = field(factory=NoStoreKeeper)
     _flights: SingleFlight = field(factory=SingleFlight, init=False)
     _slots: DeferredSemaphore = field(init=False)
     _probes: DeferredSemaphore = field(init=False)
@@ -98,6 +100,9 @@ class ImageService:
             except ForgeError:
                 log.warn("stored image {name}:{tag} is incomplete; rebuilding", name=name, tag=tag)
             else:
+                # Only stored images count (a build's time is its first use), so made-up names
+                # never fill the pull times.
+                self.keeper.pulled(name, tag)
                 if self._is_stale(record):
                     self._refresh_in_background(target, tag)
                 return manifests
@@ -143,14 +148,28 @@ class ImageService:
             except ForgeError:
                 pass  # stored image incomplete: build it again
             else:
-                await self.run_in_thread(self.index.put, evolve(record, built_at=self.reactor.seconds()))
-                self._refresh_failed_at.pop(key, None)
-                log.info("{name}:{tag} unchanged at {locked}", name=target.name, tag=tag, locked=plan.locked)
-                return manifests
+                # GC may have evicted the record meanwhile: then its blobs may be gone, build again.
+                if await self.run_in_thread(self.index.replace, record,
+                                            evolve(record, built_at=self.reactor.seconds())):
+                    self._refresh_failed_at.pop(key, None)
+                    log.info("{name}:{tag} unchanged at {locked}", name=target.name, tag=tag, locked=plan.locked)
+                    return manifests
         started = self.reactor.seconds()
         log.info("build started {name}:{tag} from {flake}", name=target.name, tag=tag, flake=plan.locked)
+        lease = self.keeper.begin_build()  # GC spares what this build stores until it is indexed
         try:
             manifests = await self._limited(self._slots, lambda: self.builder.build(plan))
+            record = TagRecord(
+                name=target.name,
+                tag=tag,
+                oci_digest=manifests.oci.digest,
+                docker_digest=manifests.docker.digest,
+                built_at=self.reactor.seconds(),
+                source=plan.locked,
+                immutable=is_immutable(tag),
+            )
+            log.debug("storing the tag record of {name}:{tag}", name=target.name, tag=tag)
+            await self.run_in_thread(self.index.put, record)
         except (NameUnknown, ManifestUnknown) as error:
             # e.g. an application whose containers output holds no such image: remember it too.
             self._missing.remember(key, error, self.reactor.seconds() + MISSING_TTL)
@@ -160,17 +179,12 @@ class ImageService:
         except Exception as error:
             log.info("build failed {name}:{tag}: {reason}", name=target.name, tag=tag,
                      reason=failure_reason(error))
+            if isinstance(error, StoreFull):
+                self.keeper.full()
             raise
-        record = TagRecord(
-            name=target.name,
-            tag=tag,
-            oci_digest=manifests.oci.digest,
-            docker_digest=manifests.docker.digest,
-            built_at=self.reactor.seconds(),
-            source=plan.locked,
-            immutable=is_immutable(tag),
-        )
-        await self.run_in_thread(self.index.put, record)
+        finally:
+            self.keeper.end_build(lease)
+        self.keeper.stored()
         self._refresh_failed_at.pop(key, None)
         self._cache.add(manifests.oci, manifests.docker)
         log.info("build finished {name}:{tag} in {seconds:.1f}s: {digest}", name=target.name, tag=tag,
@@ -224,6 +238,10 @@ class ImageService:
         self.policy.check_name(name)
         if not self.index.has_manifest(name, digest):
             raise ManifestUnknown("manifest unknown", {"name": name, "digest": digest})
+        for tag in self.index.tags(name):
+            record = self.index.get(name, tag)
+            if record is not None and digest in (record.oci_digest, record.docker_digest):
+                self.keeper.pulled(name, tag)  # a pull by digest keeps its image as fresh as by tag
         cached = self._cache.get(digest)
         if cached is not None:
             return cached

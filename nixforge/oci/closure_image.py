@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -43,7 +44,8 @@ class PackageMeta:
 
 
 def store_layer(
-    store: IBlobStore, cache: LayerCache, paths: Sequence[str], store_dir: str = DEFAULT_STORE_DIR
+    store: IBlobStore, cache: LayerCache, paths: Sequence[str], store_dir: str = DEFAULT_STORE_DIR,
+    cancel: threading.Event | None = None,
 ) -> LayerBlob:
     """Return the layer blob of `paths`, writing it (tar, gzip, both hashes in one pass) only if new."""
     key = layer_key(paths)
@@ -55,7 +57,7 @@ def store_layer(
         if blob is not None:
             return blob
         with LayerWriter(store) as writer:
-            write_store_paths(writer, paths, store_dir)
+            write_store_paths(writer, paths, store_dir, cancel=cancel)
             blob = writer.close()
         cache.put(key, blob)
     log.debug("stored layer {digest} with {count} store paths", digest=blob.digest, count=len(paths))
@@ -89,6 +91,7 @@ def assemble_closure_image(
     store_dir: str = DEFAULT_STORE_DIR,
     workers: int = DEFAULT_WORKERS,
     platform_pair: tuple[str, str] | None = None,
+    cancel: threading.Event | None = None,
 ) -> ImageManifests:
     """Build (or find) every layer of `meta.out_path`'s closure and return the image's manifests.
 
@@ -97,16 +100,19 @@ def assemble_closure_image(
     depends only on the closure, the package and the budget, so equal inputs give equal digests.
     `max_layers` counts every layer of the image, the customisation layer included.
     `store_dir` is where the closure is readable now; inside the image it is always /nix/store.
+    Setting `cancel` stops it between files and chunks (BuildCancelled; no partial blob stays).
     """
     paths = [info.path for info in closure]
     if meta.out_path not in paths:
         raise ValueError(f"{meta.out_path!r} is not in its own closure")
     groups = plan_layers(closure, closure_budget(max_layers))
+    log.debug("assembling {name} from {paths} store paths in {layers} layers",
+              name=meta.name, paths=len(paths), layers=len(groups))
     if workers > 1 and len(groups) > 1:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="nixforge-layer") as pool:
-            layers = list(pool.map(lambda group: store_layer(store, cache, group, store_dir), groups))
+            layers = list(pool.map(lambda group: store_layer(store, cache, group, store_dir, cancel), groups))
     else:
-        layers = [store_layer(store, cache, group, store_dir) for group in groups]
+        layers = [store_layer(store, cache, group, store_dir, cancel) for group in groups]
 
     package_host = os.path.join(store_dir, image_name(meta.out_path, store_dir))
     package_image = f"{IMAGE_STORE_DIR}/{image_name(meta.out_path, store_dir)}"

@@ -92,6 +92,27 @@ class LayerCache:
                 else:
                     self._writing[key] = (lock, users - 1)
 
+    def forget_blobs(self, digests: set[str]) -> int:
+        """Drop every entry whose blob is in `digests` (GC deleted them); return how many went."""
+        if not digests:
+            return 0
+        removed = 0
+        for name in os.listdir(self._root):
+            key = name.removesuffix(".json")
+            if name.startswith(_TEMP_PREFIX) or key == name:
+                continue
+            try:
+                blob = self._load(key)
+            except ValueError:
+                continue
+            if blob is not None and blob.digest in digests:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._file(key))
+                with self._lock:
+                    self._memory.pop(key, None)
+                removed += 1
+        return removed
+
     def put(self, key: str, blob: LayerBlob) -> None:
         """Record `blob` for `key` durably (temp file, fsync, rename, fsync of the directory)."""
         body = json.dumps({"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id}, sort_keys=True)

@@ -7,7 +7,8 @@ their names, so parents precede children and equal inputs give equal bytes. PAX 
 appear only where ustar cannot hold a value (long or non-ASCII names and link targets, files of
 8 GiB or more) and carry only those values. Two names of one inode within one store path become a
 file and a hard-link entry to it (the first name in sort order holds the data). File contents are
-streamed in chunks, never held whole in memory.
+streamed in chunks, never held whole in memory. A `cancel` event, checked before every entry and
+every chunk, interrupts the archive (BuildCancelled) so a stopping registry never waits for it.
 
 Hard links across store paths come from store optimisation (`auto-optimise-store`), which is host
 state: they are written as separate files, so a layer does not depend on whether its host optimised
@@ -19,8 +20,11 @@ from __future__ import annotations
 import os
 import stat
 import tarfile
+import threading
 from collections.abc import Iterable
 from typing import Protocol
+
+from nixforge.errors import BuildCancelled
 
 BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
@@ -48,11 +52,17 @@ def store_mode(st_mode: int) -> int:
 class TarStream:
     """Write tar entries with fixed metadata into `sink`; `close` writes the end-of-archive marker."""
 
-    def __init__(self, sink: Sink, chunk_size: int = CHUNK) -> None:
+    def __init__(self, sink: Sink, chunk_size: int = CHUNK, cancel: threading.Event | None = None) -> None:
         self._sink = sink
+        self._cancel = cancel
         self._offset = 0
         self._buffer = bytearray(max(BLOCK, chunk_size))
         self._closed = False
+
+    def check_cancelled(self) -> None:
+        """Raise BuildCancelled when the cancel event is set."""
+        if self._cancel is not None and self._cancel.is_set():
+            raise BuildCancelled("image assembly cancelled: the registry is stopping")
 
     def _write(self, data: bytes | memoryview) -> None:
         self._sink.write(data)
@@ -99,6 +109,7 @@ class TarStream:
         left = size
         with open(host_path, "rb", buffering=0) as source:
             while left:
+                self.check_cancelled()
                 count = source.readinto(view[: min(left, len(view))])
                 if not count:
                     raise OSError(f"{os.fsdecode(host_path)!r} shrank while being archived")
@@ -147,14 +158,16 @@ def image_name(store_path: str, store_dir: str = DEFAULT_STORE_DIR) -> str:
 
 
 def write_store_paths(
-    sink: Sink, paths: Iterable[str], store_dir: str = DEFAULT_STORE_DIR, chunk_size: int = CHUNK
+    sink: Sink, paths: Iterable[str], store_dir: str = DEFAULT_STORE_DIR, chunk_size: int = CHUNK,
+    cancel: threading.Event | None = None,
 ) -> int:
     """Write the tar of `paths` (under `store_dir`) as `nix/store/<base>/...` into `sink`.
 
     The archive holds `nix/`, `nix/store/` and every entry of every path, sorted byte-wise.
-    Returns the uncompressed tar size. Blocking: call it from a worker thread.
+    Returns the uncompressed tar size. Blocking: call it from a worker thread. Setting `cancel`
+    makes it raise BuildCancelled before the next entry or chunk.
     """
-    tar = TarStream(sink, chunk_size)
+    tar = TarStream(sink, chunk_size, cancel)
     tar.add_directory("nix")
     tar.add_directory(IMAGE_STORE_DIR)
     entries: list[tuple[bytes, bytes, os.stat_result, bytes]] = []
@@ -169,6 +182,7 @@ def write_store_paths(
     # --optimise` makes on some machines, and would make a layer's bytes depend on the machine.
     first_name: dict[tuple[bytes, int, int], str] = {}
     for raw_name, host, info, base in entries:
+        tar.check_cancelled()
         name = os.fsdecode(raw_name)
         mode = info.st_mode
         if stat.S_ISDIR(mode):

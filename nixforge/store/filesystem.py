@@ -2,27 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from typing import BinaryIO
 
 from twisted.logger import Logger
 from zope.interface import implementer
 
 from nixforge.errors import BlobUnknown, DigestInvalid
-from nixforge.store.durable import fsync_directory
+from nixforge.store.durable import fsync_directory, full_is_store_full
 from nixforge.store.interfaces import IBlobStore, IBlobWriter
+from nixforge.store.leases import BlobLeases
 
 log = Logger()
 
 SHA256_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _TEMP_PREFIX = "blob-"
 _BLOB_MODE = 0o444
-
-
 def _blob_hex(digest: str) -> str | None:
     """Return the hex part of a well-formed sha256 digest, or None for anything else."""
     if not isinstance(digest, str) or SHA256_DIGEST.fullmatch(digest) is None:
@@ -58,7 +59,12 @@ class FilesystemBlobWriter:
         """Append bytes to the temporary file and to the running hash."""
         if self._done:
             raise ValueError("blob writer is already committed or aborted")
-        self._file.write(data)
+        try:
+            with full_is_store_full():
+                self._file.write(data)
+        except BaseException:
+            self.abort()
+            raise
         self._hash.update(data)
         self._size += len(data)
 
@@ -68,8 +74,9 @@ class FilesystemBlobWriter:
             raise ValueError("blob writer is already committed or aborted")
         digest = "sha256:" + self._hash.hexdigest()
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            with full_is_store_full():
+                self._file.flush()
+                os.fsync(self._file.fileno())
             if expected_digest is not None and expected_digest != digest:
                 raise DigestInvalid(
                     "blob content does not match its digest",
@@ -77,10 +84,14 @@ class FilesystemBlobWriter:
                 )
             os.chmod(self._temp_path, _BLOB_MODE)
             final = self._store.path(digest)
-            if self._store.size(digest) == self._size:
-                os.unlink(self._temp_path)
-            else:
-                os.replace(self._temp_path, final)
+            with self._store.leases.lock:
+                published = self._store.stat_size(digest) != self._size
+                if published:
+                    os.replace(self._temp_path, final)
+                else:
+                    os.unlink(self._temp_path)
+                self._store.leases.touch_locked(digest)
+            if published:
                 fsync_directory(os.path.dirname(final))
         except BaseException:
             self.abort()
@@ -94,11 +105,10 @@ class FilesystemBlobWriter:
         if self._done:
             return
         self._done = True
-        self._file.close()
-        try:
+        with contextlib.suppress(OSError):  # closing flushes; on a full disk that fails again
+            self._file.close()
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self._temp_path)
-        except FileNotFoundError:
-            pass
 
 
 @implementer(IBlobStore)
@@ -106,6 +116,7 @@ class FilesystemBlobStore:
     """Blobs as read-only files under `root`; every method blocks (run it off the reactor)."""
 
     def __init__(self, root: str) -> None:
+        self.leases = BlobLeases()
         self.root = os.path.abspath(root)
         self.blob_dir = os.path.join(self.root, "blobs", "sha256")
         self.temp_dir = os.path.join(self.root, "tmp")
@@ -146,13 +157,46 @@ class FilesystemBlobStore:
         return removed
 
     def size(self, digest: str) -> int | None:
-        """Return the blob's size, or None when absent or not a sha256 digest."""
+        """Return the blob's size, or None when absent; a present blob counts as in use (leases)."""
+        with self.leases.lock:
+            size = self.stat_size(digest)
+            if size is not None:
+                self.leases.touch_locked(digest)
+            return size
+
+    def stat_size(self, digest: str) -> int | None:
+        """Return the blob's size, or None when absent or not a sha256 digest; touches nothing."""
         if _blob_hex(digest) is None:
             return None
         try:
             return os.stat(self.path(digest)).st_size
         except FileNotFoundError:
             return None
+
+    def digests(self) -> Iterator[tuple[str, int]]:
+        """Yield `(digest, size)` of every stored blob (files with other names are skipped)."""
+        with os.scandir(self.blob_dir) as entries:
+            for entry in entries:
+                digest = "sha256:" + entry.name
+                if _blob_hex(digest) is None or not entry.is_file(follow_symlinks=False):
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    yield digest, entry.stat(follow_symlinks=False).st_size
+
+    def delete(self, digest: str, floor: int) -> int | None:
+        """Unlink blob `digest` unless touched at or after `floor`; return the bytes freed, or None.
+
+        Unlinking leaves a reader's open file readable to its end; a blob is never truncated.
+        """
+        with self.leases.unless_protected(digest, floor) as may_go:
+            if not may_go:
+                return None
+            size = self.stat_size(digest)
+            if size is None:
+                return None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path(digest))
+            return size
 
     def open(self, digest: str) -> BinaryIO:
         """Open the blob for reading; BlobUnknown when absent or not a sha256 digest."""

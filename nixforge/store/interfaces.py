@@ -76,12 +76,37 @@ class ITagIndex(Interface):
     def names() -> list[str]:
         """Return every repository with at least one tag, sorted."""
 
-    def has_manifest(name: str, digest: str) -> bool:
-        """Tell whether `digest` is the OCI or Docker manifest of any record ever put for `name`.
+    def replace(old: TagRecord, new: TagRecord) -> bool:
+        """Put `new` only if `old` is still the current record of its tag; return whether it was.
 
-        Superseded records count too, so a client that resolved a tag just before a rebuild can
-        still fetch the manifest by the digest it was given.
+        GC may evict a record at any time; re-putting it unconditionally could name deleted blobs.
         """
+
+    def has_manifest(name: str, digest: str) -> bool:
+        """Tell whether `digest` is the OCI or Docker manifest of a current record of `name`.
+
+        Digests a rebuild superseded count too for the retention window, so a client that
+        resolved (or pinned) a tag before a rebuild can still fetch the manifest by its digest.
+        """
+
+
+class IStoreKeeper(Interface):
+    """What the images service tells the store's housekeeping (GC); every method returns at once."""
+
+    def pulled(name: str, tag: str) -> None:
+        """name:tag was pulled now (kept in memory, saved now and then)."""
+
+    def begin_build() -> int:
+        """A build is about to write or reuse blobs: protect them from GC until `end_build`."""
+
+    def end_build(token: int) -> None:
+        """The build's record is in the index (or the build failed): its lease ends."""
+
+    def stored() -> None:
+        """A build stored an image: collect now if the store is over its cap."""
+
+    def full() -> None:
+        """Writing a blob hit a full disk: collect now."""
 
 
 class ILockedRevisions(Interface):

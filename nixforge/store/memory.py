@@ -9,10 +9,31 @@ import threading
 from zope.interface import implementer
 
 from nixforge.errors import BlobUnknown, DigestInvalid
-from nixforge.store.interfaces import IBlobStore, IBlobWriter
+from nixforge.store.interfaces import IBlobStore, IBlobWriter, IStoreKeeper
 from nixforge.store.tag_index import MemoryTagIndex
 
-__all__ = ["MemoryBlobStore", "MemoryBlobWriter", "MemoryTagIndex"]
+__all__ = ["MemoryBlobStore", "MemoryBlobWriter", "MemoryTagIndex", "NoStoreKeeper"]
+
+
+@implementer(IStoreKeeper)
+class NoStoreKeeper:
+    """Housekeeping that does nothing (no GC): the default of an images service in tests."""
+
+    def pulled(self, name: str, tag: str) -> None:
+        """Ignore the pull."""
+
+    def begin_build(self) -> int:
+        """Hand out a token that protects nothing."""
+        return 0
+
+    def end_build(self, token: int) -> None:
+        """Nothing to end."""
+
+    def stored(self) -> None:
+        """Nothing to collect."""
+
+    def full(self) -> None:
+        """Nothing to collect."""
 
 
 @implementer(IBlobWriter)

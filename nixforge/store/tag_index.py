@@ -1,37 +1,56 @@
-"""The durable (name, tag) → TagRecord index: one JSON file per record, loaded at start-up."""
+"""The durable (name, tag) → TagRecord index, with each tag's superseded digests kept for a while."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
-from attrs import asdict
+from attrs import asdict, frozen
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nixforge.store.durable import replace_file
+from nixforge.store.durable import fsync_directory, replace_file
 from nixforge.store.interfaces import ITagIndex, TagRecord
 
 log = Logger()
 
 _FORMAT = 1
+_HISTORY_FORMAT = 2
 _TEMP_PREFIX = ".tmp-"
 _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "name": (str,), "tag": (str,), "oci_digest": (str,), "docker_digest": (str,),
     "built_at": (int, float), "source": (str,), "immutable": (bool,),
 }
+DEFAULT_RETENTION = 7 * 24 * 3600.0
+"""Seconds a tag's superseded manifest digests stay resolvable (NIXFORGE_RETENTION)."""
+HISTORY_LIMIT = 64
+"""At most this many superseded digests are kept per repository, the newest ones."""
+
+
+@frozen
+class Superseded:
+    """A manifest digest a tag served before a rebuild, and when it stopped being current."""
+
+    digest: str
+    tag: str
+    at: float
 
 
 @implementer(ITagIndex)
 class MemoryTagIndex:
-    """Records and per-name manifest history in dicts; thread-safe, never durable."""
+    """Records and per-name superseded digests in dicts; thread-safe, never durable."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, retention: float = DEFAULT_RETENTION) -> None:
+        self.clock = clock
+        self.retention = retention
         self._records: dict[str, dict[str, TagRecord]] = {}
-        self._history: dict[str, set[str]] = {}
+        self._history: dict[str, dict[str, Superseded]] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str, tag: str) -> TagRecord | None:
@@ -40,22 +59,79 @@ class MemoryTagIndex:
             return self._records.get(name, {}).get(tag)
 
     def put(self, record: TagRecord) -> None:
-        """Replace the record for (record.name, record.tag) and remember its digests."""
+        """Replace the record for (record.name, record.tag); its old digests become superseded."""
         with self._lock:
-            self._records.setdefault(record.name, {})[record.tag] = record
-            self._history.setdefault(record.name, set()).update(
-                (record.oci_digest, record.docker_digest)
-            )
+            old = self._records.setdefault(record.name, {}).get(record.tag)
+            self._records[record.name][record.tag] = record
+            history = self._history.setdefault(record.name, {})
+            current = {record.oci_digest, record.docker_digest}
+            for digest in current:
+                history.pop(digest, None)
+            if old is not None:
+                now = self.clock()
+                for digest in (old.oci_digest, old.docker_digest):
+                    if digest not in current:
+                        history[digest] = Superseded(digest, record.tag, now)
+            self._bound(record.name)
 
-    def remember(self, name: str, digests: set[str] | frozenset[str]) -> None:
-        """Add manifest digests of superseded records to `name`'s history."""
-        with self._lock:
-            self._history.setdefault(name, set()).update(digests)
+    def _bound(self, name: str) -> None:
+        """Keep `name`'s newest HISTORY_LIMIT superseded digests; the caller holds the lock."""
+        history = self._history.get(name, {})
+        if len(history) > HISTORY_LIMIT:
+            newest = sorted(history.values(), key=lambda s: s.at, reverse=True)[:HISTORY_LIMIT]
+            self._history[name] = {s.digest: s for s in newest}
 
-    def manifest_digests(self, name: str) -> frozenset[str]:
-        """Return every manifest digest ever recorded for `name`."""
+    def restore(self, name: str, entries: list[Superseded]) -> None:
+        """Add superseded digests read back from disk."""
         with self._lock:
-            return frozenset(self._history.get(name, ()))
+            history = self._history.setdefault(name, {})
+            for entry in entries:
+                history[entry.digest] = entry
+            self._bound(name)
+
+    def superseded(self, name: str) -> list[Superseded]:
+        """Return `name`'s superseded digests still within the retention window."""
+        horizon = self.clock() - self.retention
+        with self._lock:
+            return [s for s in self._history.get(name, {}).values() if s.at > horizon]
+
+    def records(self) -> list[TagRecord]:
+        """Return every current record."""
+        with self._lock:
+            return [record for tags in self._records.values() for record in tags.values()]
+
+    def remove(self, record: TagRecord) -> bool:
+        """Forget (record.name, record.tag) and its superseded digests, if `record` is still current."""
+        with self._lock:
+            tags = self._records.get(record.name, {})
+            if tags.get(record.tag) != record:
+                return False
+            del tags[record.tag]
+            history = self._history.get(record.name, {})
+            for digest in [d for d, s in history.items() if s.tag == record.tag]:
+                del history[digest]
+            return True
+
+    def forget_expired(self) -> list[str]:
+        """Drop superseded digests older than the retention window; return the names that changed."""
+        horizon = self.clock() - self.retention
+        changed = []
+        with self._lock:
+            for name, history in self._history.items():
+                expired = [d for d, s in history.items() if s.at <= horizon]
+                for digest in expired:
+                    del history[digest]
+                if expired:
+                    changed.append(name)
+        return changed
+
+    def replace(self, old: TagRecord, new: TagRecord) -> bool:
+        """Put `new` only if `old` is still the current record of its tag (GC may have evicted it)."""
+        with self._lock:
+            if self._records.get(old.name, {}).get(old.tag) != old:
+                return False
+        self.put(new)
+        return True
 
     def tags(self, name: str) -> list[str]:
         """Return the repository's tags, sorted."""
@@ -68,9 +144,13 @@ class MemoryTagIndex:
             return sorted(name for name, tags in self._records.items() if tags)
 
     def has_manifest(self, name: str, digest: str) -> bool:
-        """Tell whether `digest` was ever the OCI or Docker manifest of a record of `name`."""
+        """Tell whether `digest` is a manifest of a current record of `name`, or a retained old one."""
         with self._lock:
-            return digest in self._history.get(name, ())
+            for record in self._records.get(name, {}).values():
+                if digest in (record.oci_digest, record.docker_digest):
+                    return True
+            entry = self._history.get(name, {}).get(digest)
+        return entry is not None and entry.at > self.clock() - self.retention
 
 
 def _key(*parts: str) -> str:
@@ -91,18 +171,40 @@ def _record_from_json(data: Any) -> TagRecord:
     return TagRecord(**fields)
 
 
+def _history_from_json(data: Any, written_at: float) -> tuple[str, list[Superseded]]:
+    """Read a history file: format 2 (digest, tag, time) entries, or format 1's bare digest list."""
+    if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+        raise ValueError("not a history file")
+    if data.get("format") == _HISTORY_FORMAT:
+        entries = data.get("superseded")
+        if not isinstance(entries, list) or not all(
+            isinstance(e, list) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[1], str)
+            and isinstance(e[2], (int, float)) and not isinstance(e[2], bool) for e in entries
+        ):
+            raise ValueError("superseded is not a list of [digest, tag, time]")
+        return data["name"], [Superseded(d, t, float(at)) for d, t, at in entries]
+    digests = data.get("digests")
+    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
+        raise ValueError("digests is not a list of strings")
+    # Format 1 kept every digest ever, without times: count them superseded when it was written.
+    return data["name"], [Superseded(d, "", written_at) for d in digests]
+
+
 @implementer(ITagIndex)
 class FilesystemTagIndex:
-    """Records as `<root>/index/r-<sha256(name, tag)>.json`, history as `d-<sha256(name)>.json`.
+    """Records as `<root>/index/r-<sha256(name, tag)>.json`, superseded digests as `d-<sha256(name)>.json`.
 
     File names are hashes, so no name or tag can escape the directory; the name and tag live in
-    the JSON. Everything is read at construction; reads are then answered from memory. `put` blocks.
+    the JSON. Everything is read at construction; reads are then answered from memory. A history
+    file holds at most HISTORY_LIMIT entries within the retention window, so rewriting it on a
+    rebuild stays cheap. Writes block.
     """
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, clock: Callable[[], float] = time.time,
+                 retention: float = DEFAULT_RETENTION) -> None:
         self.directory = os.path.join(os.path.abspath(root), "index")
         os.makedirs(self.directory, exist_ok=True)
-        self._memory = MemoryTagIndex()
+        self._memory = MemoryTagIndex(clock, retention)
         self._write_lock = threading.Lock()
         self._load()
 
@@ -111,7 +213,7 @@ class FilesystemTagIndex:
         return os.path.join(self.directory, f"r-{_key(name, tag)}.json")
 
     def history_path(self, name: str) -> str:
-        """Return the file holding `name`'s manifest digest history."""
+        """Return the file holding `name`'s superseded manifest digests."""
         return os.path.join(self.directory, f"d-{_key(name)}.json")
 
     def _load(self) -> None:
@@ -132,12 +234,10 @@ class FilesystemTagIndex:
                         raise ValueError("file name does not match the record's name and tag")
                     self._memory.put(record)
                 elif base.startswith("d-"):
-                    name, digests = data["name"], data["digests"]
-                    if not isinstance(name, str) or self.history_path(name) != path:
+                    name, entries = _history_from_json(data, os.stat(path).st_mtime)
+                    if self.history_path(name) != path:
                         raise ValueError("file name does not match the history's name")
-                    if not isinstance(digests, list) or not all(isinstance(d, str) for d in digests):
-                        raise ValueError("digests is not a list of strings")
-                    self._memory.remember(name, set(digests))
+                    self._memory.restore(name, entries)
                 else:
                     raise ValueError("unexpected file in the index directory")
             except Exception as error:  # a bad file must never stop start-up
@@ -147,24 +247,78 @@ class FilesystemTagIndex:
         """Atomically replace `path` with `data`."""
         replace_file(path, json.dumps(data, sort_keys=True, indent=1).encode("utf-8"), _TEMP_PREFIX)
 
+    def _write_history(self, name: str, without_tag: str | None = None) -> None:
+        """Rewrite `name`'s history file from memory, optionally without one tag's entries."""
+        entries = sorted((s for s in self._memory.superseded(name) if s.tag != without_tag),
+                         key=lambda s: (s.at, s.digest))
+        if not entries:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.history_path(name))
+                fsync_directory(self.directory)
+            return
+        self._write_json(self.history_path(name), {
+            "format": _HISTORY_FORMAT, "name": name,
+            "superseded": [[s.digest, s.tag, s.at] for s in entries],
+        })
+
     def put(self, record: TagRecord) -> None:
-        """Durably write the history, then the record, then update memory. Blocks."""
+        """Update memory, then durably write the history (if it changed), then the record. Blocks.
+
+        A crash between the two writes leaves the old record with the new history, which only
+        keeps an extra superseded digest resolvable; never a record without its files.
+        """
         with self._write_lock:
-            known = self._memory.manifest_digests(record.name)
-            digests = known | {record.oci_digest, record.docker_digest}
-            if digests != known:
-                self._write_json(
-                    self.history_path(record.name),
-                    {"format": _FORMAT, "name": record.name, "digests": sorted(digests)},
-                )
+            before = self._memory.superseded(record.name)
+            self._memory.put(record)
+            if self._memory.superseded(record.name) != before:
+                self._write_history(record.name)
             self._write_json(
                 self.record_path(record.name, record.tag), {"format": _FORMAT, **asdict(record)}
             )
-            self._memory.put(record)
+
+    def replace(self, old: TagRecord, new: TagRecord) -> bool:
+        """Put `new` only if `old` is still current (not evicted meanwhile); return whether it was."""
+        with self._write_lock:
+            if self._memory.get(old.name, old.tag) != old:
+                return False
+            self._memory.put(new)
+            self._write_json(self.record_path(new.name, new.tag), {"format": _FORMAT, **asdict(new)})
+            return True
+
+    def remove(self, record: TagRecord) -> bool:
+        """Durably forget `record` (if still current) and its tag's superseded digests. Blocks.
+
+        The history is rewritten before the record file goes, so a failure (a full disk) or a
+        crash never leaves superseded digests on disk that memory has already let GC delete.
+        """
+        with self._write_lock:
+            if self._memory.get(record.name, record.tag) != record:
+                return False
+            self._write_history(record.name, without_tag=record.tag)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.record_path(record.name, record.tag))
+            fsync_directory(self.directory)
+            return self._memory.remove(record)
+
+    def forget_expired(self) -> list[str]:
+        """Drop superseded digests past the retention window, on disk too; return the names changed."""
+        with self._write_lock:
+            changed = self._memory.forget_expired()
+            for name in changed:
+                self._write_history(name)
+            return changed
 
     def get(self, name: str, tag: str) -> TagRecord | None:
         """Return the record, from memory."""
         return self._memory.get(name, tag)
+
+    def records(self) -> list[TagRecord]:
+        """Return every current record."""
+        return self._memory.records()
+
+    def superseded(self, name: str) -> list[Superseded]:
+        """Return `name`'s superseded digests within the retention window."""
+        return self._memory.superseded(name)
 
     def tags(self, name: str) -> list[str]:
         """Return the repository's tags, sorted."""
@@ -175,5 +329,5 @@ class FilesystemTagIndex:
         return self._memory.names()
 
     def has_manifest(self, name: str, digest: str) -> bool:
-        """Tell whether `digest` was ever a manifest of `name` (superseded records count)."""
+        """Tell whether `digest` is a current manifest of `name` or one superseded within the window."""
         return self._memory.has_manifest(name, digest)

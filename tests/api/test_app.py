@@ -13,7 +13,7 @@ from zope.interface.verify import verifyObject
 
 import nixforge.api.app as app_module
 from nixforge.api import RegistryApi
-from nixforge.errors import BuildFailed, BuildTimedOut, NameUnknown, TooManyBuilds
+from nixforge.errors import BuildFailed, BuildTimedOut, NameUnknown, StoreFull, TooManyBuilds
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
 
@@ -261,6 +261,16 @@ def test_too_many_builds_is_429_with_retry_after(client: StubClient, images: Fak
     assert response.code == 429
     assert header(response, "Retry-After") == "30"
     assert error_of(response, body)["code"] == "TOOMANYREQUESTS"
+
+
+def test_store_full_is_503_unavailable_with_retry_after(client: StubClient, images: FakeImageService) -> None:
+    images.failures["resolve_tag"] = StoreFull("the blob store is full", retry_after=15)
+    response, body = client.request("GET", "/v2/hello/manifests/latest")
+    assert response.code == 503
+    assert header(response, "Retry-After") == "15"
+    error = error_of(response, body)
+    assert error["code"] == "UNAVAILABLE"
+    assert "full" in error["message"]
 
 
 def test_unexpected_error_is_500_logged_with_traceback(

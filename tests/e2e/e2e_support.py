@@ -324,6 +324,21 @@ class ForgeProcess:
         self._process = None
         return process.returncode
 
+    def kill(self, sig: int = signal.SIGKILL, timeout: float = 30) -> float:
+        """Send `sig` to twistd's whole process group (twistd and its Nix children), as a crash or an
+        OOM kill would; wait for twistd to end and return how many seconds that took."""
+        process = self._process
+        assert process is not None, "nixforge is not running"
+        started = time.monotonic()
+        if sig == signal.SIGKILL:
+            os.killpg(process.pid, sig)
+        else:
+            process.send_signal(sig)
+        process.wait(timeout)
+        took = time.monotonic() - started
+        self.stop(timeout)
+        return took
+
     def restart(self, flake_ref: str | None = None) -> ForgeProcess:
         """Stop and start again on the same data dir, optionally with another flake ref."""
         self.stop()

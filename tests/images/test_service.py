@@ -9,9 +9,10 @@ import pytest
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from nixforge.errors import BlobUnknown, BuildFailed, ManifestUnknown, NameUnknown, TooManyBuilds
+from nixforge.errors import BlobUnknown, BuildFailed, ManifestUnknown, NameUnknown, StoreFull, TooManyBuilds
 from nixforge.images.builder import BuildPlan
 from nixforge.images.interfaces import IImageService
 from nixforge.images.policy import AccessPolicy
@@ -19,6 +20,7 @@ from nixforge.images.service import ImageService
 from nixforge.images.targets import BuildTarget
 from nixforge.oci.documents import ImageManifests, build_manifests
 from nixforge.oci.layer_writer import LayerWriter
+from nixforge.store.interfaces import IStoreKeeper
 from nixforge.store.locked_revisions import MemoryLockedRevisions
 from nixforge.store.memory import MemoryBlobStore
 from nixforge.store.tag_index import MemoryTagIndex
@@ -122,6 +124,7 @@ def test_tags_map_to_git_refs() -> None:
     service, builder, _ = make_service()
     service.resolve_tag("packages/hello", "v1.0")
     assert builder.calls == [("packages/hello", "github:o/r/v1.0", "v1.0")]
+    builder.release()
 
 
 def test_stale_latest_is_served_while_a_rebuild_runs_in_the_background() -> None:
@@ -205,6 +208,7 @@ def test_queue_limit_gives_too_many_builds() -> None:
     assert third.check(TooManyBuilds)
     assert third.value.retry_after > 0
     assert [call[0] for call in builder.calls] == ["a"]
+    builder.release()  # leave no build pending for the garbage collector to find
 
 
 def test_unknown_names_and_digests() -> None:
@@ -288,6 +292,7 @@ def test_probes_do_not_hold_build_slots() -> None:
     for name in ["x1", "x2", "x3"]:
         assert result_of(service.resolve_tag(name, "latest")).check(NameUnknown)
     assert [call[0] for call in builder.calls] == ["a"]
+    builder.release()
 
 
 # -- the access policy: asked before anything is planned ---------------------------------------
@@ -407,3 +412,89 @@ def test_commit_tags_none_refuses_even_a_known_revision() -> None:
     failure = result_of(service.resolve_tag("hello", revision_hash(1)))
     assert failure.check(ManifestUnknown) and "NIXFORGE_COMMIT_TAGS=none" in failure.value.detail["reason"]
     assert builder.plans == []
+
+
+@implementer(IStoreKeeper)
+class RecordingKeeper:
+    """Remember what the service tells the store's housekeeping, in order."""
+
+    def __init__(self, index: MemoryTagIndex) -> None:
+        self.index = index
+        self.events: list[tuple[Any, ...]] = []
+
+    def pulled(self, name: str, tag: str) -> None:
+        self.events.append(("pulled", name, tag))
+
+    def begin_build(self) -> int:
+        self.events.append(("begin", len(self.index.records())))
+        return 7
+
+    def end_build(self, token: int) -> None:
+        self.events.append(("end", token, len(self.index.records())))
+
+    def stored(self) -> None:
+        self.events.append(("stored",))
+
+    def full(self) -> None:
+        self.events.append(("full",))
+
+
+def test_a_build_holds_a_lease_until_its_record_is_indexed_then_asks_for_gc() -> None:
+    index = MemoryTagIndex()
+    keeper = RecordingKeeper(index)
+    assert verifyObject(IStoreKeeper, keeper)
+    service, builder, _ = make_service(index=index, keeper=keeper)
+    service.resolve_tag("hello", "latest")
+    builder.release()
+    assert keeper.events == [("begin", 0), ("end", 7, 1), ("stored",)]
+    record = index.get("hello", "latest")
+    keeper.events.clear()
+    result_of(service.resolve_tag("hello", "latest"))
+    result_of(service.manifest_by_digest("hello", record.docker_digest))
+    assert keeper.events == [("pulled", "hello", "latest"), ("pulled", "hello", "latest")]
+    builder.plan_fails_with = NameUnknown("no such package")
+    assert result_of(service.resolve_tag("made-up", "latest")).check(NameUnknown)
+    assert ("pulled", "made-up", "latest") not in keeper.events
+
+
+def test_a_full_store_fails_the_pull_and_asks_for_gc() -> None:
+    index = MemoryTagIndex()
+    keeper = RecordingKeeper(index)
+    service, builder, _ = make_service(index=index, keeper=keeper)
+    pull = service.resolve_tag("hello", "latest")
+    builder.fail_with = StoreFull("the blob store is full", retry_after=30)
+    builder.release()
+    assert result_of(pull).check(StoreFull)
+    assert keeper.events[-2:] == [("full",), ("end", 7, 0)]
+    assert index.get("hello", "latest") is None
+
+
+def test_an_image_evicted_by_gc_is_rebuilt_on_its_next_pull() -> None:
+    service, builder, _ = make_service()
+    service.resolve_tag("hello", "latest")
+    builder.release()
+    assert service.index.remove(service.index.get("hello", "latest"))
+    again = service.resolve_tag("hello", "latest")
+    assert len(builder.calls) == 2
+    builder.release()
+    assert result_of(again).oci.digest == service.index.get("hello", "latest").oci_digest
+
+
+def test_an_unchanged_refresh_does_not_bring_back_a_record_gc_evicted() -> None:
+    """GC evicts the record while the refresh plans: the image is rebuilt, not re-indexed bare."""
+    index = MemoryTagIndex()
+
+    def run_in_thread(function: Any, *args: Any) -> Deferred[Any]:
+        if getattr(function, "__name__", "") == "replace":
+            index.remove(args[0])  # GC got there first
+        return maybeDeferred(function, *args)
+
+    service, builder, clock = make_service(index=index, run_in_thread=run_in_thread)
+    service.resolve_tag("hello", "latest")
+    builder.release()
+    clock.advance(301)
+    result_of(service.resolve_tag("hello", "latest"))  # stale: refresh in the background
+    assert len(builder.plans) == 2 and len(builder.calls) == 2
+    assert index.get("hello", "latest") is None
+    builder.release()
+    assert index.get("hello", "latest") is not None

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from attrs import frozen
 
+from nixforge.errors import BuildCancelled
 from nixforge.oci import media_types as mt
 from nixforge.oci.closure_image import PackageMeta, assemble_closure_image, closure_budget, store_layer
 from nixforge.oci.documents import ImageManifests
@@ -350,3 +351,46 @@ def test_two_images_assembled_at_once_write_a_shared_layer_once(tmp_path: Path, 
         thread.join(30)
     assert len(results) == 2 and results[0] == results[1]
     assert store.writes == 1
+
+
+class CancellingStore(FilesystemBlobStore):
+    """A filesystem store whose blob writers set `cancel` once `after` bytes have gone in."""
+
+    def __init__(self, root: str, cancel: threading.Event, after: int) -> None:
+        super().__init__(root)
+        self.cancel, self.after, self.written = cancel, after, 0
+
+    def writer(self):  # type: ignore[no-untyped-def]
+        real = super().writer()
+        outer = self
+
+        class Counting:
+            def write(self, data: bytes) -> None:
+                real.write(data)
+                outer.written += len(data)
+                if outer.written >= outer.after:
+                    outer.cancel.set()
+
+            def __getattr__(self, name: str) -> object:
+                return getattr(real, name)
+
+        return Counting()
+
+
+def test_assembly_stops_between_chunks_when_cancelled_and_publishes_nothing(tmp_path: Path) -> None:
+    """The builder's stop sets the event: the tar writer raises before its next chunk or entry."""
+    store_dir = tmp_path / "nix" / "store"
+    big = make_path(store_dir, "big", {f"data/{i}.bin": os.urandom(2 << 20) for i in range(8)})
+    cancel = threading.Event()
+    store = CancellingStore(str(tmp_path / "blobs"), cancel, after=1 << 20)
+    cache = LayerCache(str(tmp_path / "cache"))
+    meta = PackageMeta(name="big", out_path=big.path)
+    with pytest.raises(BuildCancelled):
+        assemble_closure_image(store, cache, [big], meta, store_dir=str(store_dir), cancel=cancel)
+    assert store.written < 8 << 20  # stopped long before the 16 MiB of data were all compressed
+    assert list(store.digests()) == []
+    assert os.listdir(store.temp_dir) == []
+    cancel.clear()
+    store.after = 1 << 40
+    manifests = assemble_closure_image(store, cache, [big], meta, store_dir=str(store_dir), cancel=cancel)
+    assert all(store.size(d) is not None for d in layers_of(store, manifests))
