@@ -24,12 +24,15 @@ from nixforge.api.app import RegistryApi
 from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
 from nixforge.images.builder import ImageBuilder
+from nixforge.images.catalog import FlakeCatalog, host_system
 from nixforge.images.image_script import ScriptRunner
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.script_user import ScriptUser
 from nixforge.images.service import ImageService
 from nixforge.nix.client import NixClient
+from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.layer_cache import LayerCache
+from nixforge.refresh_access import RefreshAccess
 from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.locked_revisions import FilesystemLockedRevisions
 from nixforge.store.tag_index import FilesystemTagIndex
@@ -182,9 +185,12 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     nix = NixClient(reactor=reactor, nix_binary=config.nix_binary, options=config.nix_options,
                     accept_flake_config=config.accept_flake_config, timeout=config.build_timeout)
     scripts = ScriptRunner(ScriptUser.for_this_process(config.script_user))
+    gc_roots = GcRoots(os.path.join(config.data_dir, "gcroots"))
+    if gc_roots.clear():
+        log.info("removed the Nix GC roots a previous run left in {directory}", directory=gc_roots.directory)
     builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(os.path.join(config.data_dir, "layers")),
                            run_in_thread=run_in_thread, clock=reactor, timeout=config.build_timeout,
-                           max_layers=config.max_layers, scripts=scripts)
+                           max_layers=config.max_layers, scripts=scripts, gc_roots=gc_roots)
     _BuilderService(builder).setServiceParent(root)
     policy = AccessPolicy(flake=config.flake, revisions=FilesystemLockedRevisions(config.data_dir),
                           packages=config.packages, refs=config.refs, commit_tags=config.commit_tags)
@@ -192,9 +198,11 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
         reactor=reactor, builder=builder, store=store, index=index, run_in_thread=run_in_thread,
         flake=config.flake, policy=policy, refresh_interval=config.refresh_interval, max_builds=config.max_builds,
         max_queued_builds=config.max_queued_builds, cache_size=config.cache_size,
+        catalog=FlakeCatalog(nix, host_system(config.nix_options), timeout=config.build_timeout),
+        failure_ttl=config.failure_ttl,
     )
     api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
-                      max_tag_length=config.max_tag_length)
+                      max_tag_length=config.max_tag_length, refresh_access=RefreshAccess(config.refresh_from))
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
     factory = Site(api.resource())
     if not config.endpoint.startswith("ssl:"):

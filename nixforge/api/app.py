@@ -17,9 +17,11 @@ from nixforge.api.accept import choose_manifest
 from nixforge.api.blob_sender import BlobProducer, parse_range
 from nixforge.api.errors import INTERNAL_ERROR, HttpError, error_response
 from nixforge.api.pagination import next_link, paginate, parse_page_request
+from nixforge.api.refresh import refresh
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
 from nixforge.references import Digest, parse_digest, parse_reference, validate_name
+from nixforge.refresh_access import RefreshAccess
 
 log = Logger()
 
@@ -92,8 +94,10 @@ class RegistryApi:
         reactor: Any,
         max_name_length: int = 255,
         max_tag_length: int = 128,
+        refresh_access: RefreshAccess | None = None,
     ) -> None:
         self._images = images
+        self._refresh_access = refresh_access or RefreshAccess()
         self._reactor = reactor
         self._max_name_length = max_name_length
         self._max_tag_length = max_tag_length
@@ -123,6 +127,15 @@ class RegistryApi:
             return await self._dispatch(request, rest)
         except CancelledError:
             raise
+        except Exception as error:
+            return self._error(request, error)
+
+    @app.route("/-/refresh", strict_slashes=False)
+    @app.route("/-/refresh/<path:name>")
+    def refresh(self, request: IRequest, name: str | None = None) -> bytes:
+        """`POST /-/refresh[/<name>]`: re-resolve moving tags now (nixforge.api.refresh)."""
+        try:
+            return refresh(request, self._images, self._refresh_access, name, self._max_name_length)
         except Exception as error:
             return self._error(request, error)
 

@@ -29,9 +29,11 @@ class FakeNix:
         self.error = error
         self.asked: list[str] = []
         self.timeouts: list[float | None] = []
+        self.out_links: list[str | None] = []
 
-    def metadata(self, flake_ref: str, timeout: float | None = None) -> Deferred[dict[str, object]]:
-        self.asked.append("metadata " + flake_ref)
+    def metadata(self, flake_ref: str, timeout: float | None = None,
+                 refresh: bool = False) -> Deferred[dict[str, object]]:
+        self.asked.append(("metadata --refresh " if refresh else "metadata ") + flake_ref)
         return succeed({"url": flake_ref + "?locked=1", "locked": {"rev": "c0ffee"}})
 
     def eval_json(self, installable: str, apply: str | None = None, timeout: float | None = None) -> Deferred[object]:
@@ -39,9 +41,11 @@ class FakeNix:
         self.applied = apply
         return fail(self.error) if self.error else succeed(self.probe)
 
-    def build(self, installable: str, timeout: float | None = None) -> Deferred[list[str]]:
+    def build(self, installable: str, timeout: float | None = None,
+              out_link: str | None = None) -> Deferred[list[str]]:
         self.asked.append("build " + installable)
         self.timeouts.append(timeout)
+        self.out_links.append(out_link)
         if self.error:
             return fail(self.error)
         return succeed([self.outputs[installable.split("#", 1)[1]]])
@@ -203,9 +207,10 @@ def test_the_planned_lock_is_what_gets_built_and_one_deadline_spans_the_phase(tm
 
 def test_no_time_left_is_a_timeout(tmp_path: Path) -> None:
     class SlowMetadataNix(FakeNix):
-        def metadata(self, flake_ref: str, timeout: float | None = None) -> Deferred[dict[str, object]]:
+        def metadata(self, flake_ref: str, timeout: float | None = None,
+                     refresh: bool = False) -> Deferred[dict[str, object]]:
             clock.advance(61)
-            return super().metadata(flake_ref, timeout)
+            return super().metadata(flake_ref, timeout, refresh)
 
     clock = Clock()
     builder, _ = make_builder(SlowMetadataNix({}), tmp_path, clock)
