@@ -130,3 +130,17 @@ def test_a_usable_data_dir_is_created_and_left_clean(tmp_path: Path) -> None:
     config = config_or_exit({"NIXFORGE_DATA_DIR": str(tmp_path / "new" / "data")})
     assert Path(config.data_dir).is_dir()
     assert list(Path(config.data_dir).iterdir()) == []
+
+
+def test_failure_ttl_and_refresh_from_defaults_environment_and_options() -> None:
+    default = ForgeConfig.from_sources({"HOME": "/home/u"})
+    assert (default.failure_ttl, default.refresh_from) == (60.0, ("loopback",))
+    config = ForgeConfig.from_sources({"NIXFORGE_FAILURE_TTL": "0", "NIXFORGE_REFRESH_FROM": "10.0.0.0/8,loopback"})
+    assert (config.failure_ttl, config.refresh_from) == (0.0, ("10.0.0.0/8", "loopback"))
+    options = ForgeConfig.from_sources({"NIXFORGE_REFRESH_FROM": "loopback"},
+                                       {"failure-ttl": "5", "refresh-from": "any"})
+    assert (options.failure_ttl, options.refresh_from) == (5.0, ("any",))
+    for variable, value in (("NIXFORGE_FAILURE_TTL", "-1"), ("NIXFORGE_FAILURE_TTL", "inf"),
+                            ("NIXFORGE_REFRESH_FROM", "the world")):
+        with pytest.raises(ConfigError, match=variable):
+            ForgeConfig.from_sources({variable: value})
