@@ -178,6 +178,7 @@ class ImageService:
                 return manifests
         started = self.reactor.seconds()
         log.info("build started {name}:{tag} from {flake}", name=target.name, tag=tag, flake=plan.locked)
+
         async def record_tag(manifests: ImageManifests) -> None:
             await self.run_in_thread(self.index.put, TagRecord(
                 name=target.name,
