@@ -133,6 +133,12 @@ def test_the_catalog_lists_the_flake_with_one_eval_filtered_and_paged(forge_fact
     forge.manifest("packages/tool-b")
     assert forge.get("/v2/_catalog").json()["repositories"] == sorted([*flake_listed, "packages/tool-b"])
     assert count(forge, r"running \S*nix eval .*#packages\.x86_64-linux") == 1
+    # A refresh asks the lock of latest again (--refresh); unchanged, so the catalog is not evaluated again.
+    assert post_refresh(forge).status == 202
+    refreshed_locks = count(forge, r"running \S*nix flake metadata --json --refresh")
+    assert forge.get("/v2/_catalog").json()["repositories"] == sorted([*flake_listed, "packages/tool-b"])
+    assert count(forge, r"running \S*nix flake metadata --json --refresh") == refreshed_locks + 1
+    assert count(forge, r"running \S*nix eval .*#packages\.x86_64-linux") == 1
 
 
 # -- freshness: the refresh webhook on a git flake -----------------------------------------------
