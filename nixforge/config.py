@@ -12,6 +12,7 @@ import attrs
 from attrs import frozen
 
 from nixforge.images.policy import COMMIT_TAG_MODES
+from nixforge.refresh_access import parse_refresh_from
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_FLAKE = "github:imincik/flake-forge"
@@ -127,6 +128,13 @@ def _commit_tags(text: str) -> str:
     if mode not in COMMIT_TAG_MODES:
         raise ValueError(f"must be one of {', '.join(COMMIT_TAG_MODES)}")
     return mode
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return value
 
 
 def _user(text: str) -> str:
@@ -255,6 +263,10 @@ SETTINGS: tuple[Setting, ...] = (
             "40-hex commit tags served: known (revisions nixforge locked from latest or an allowed ref), any, none."),
     Setting("script_user", "NIXFORGE_SCRIPT_USER", "script-user", "nobody", _user,
             "User that runs a flake's image script when nixforge runs as root."),
+    Setting("failure_ttl", "NIXFORGE_FAILURE_TTL", "failure-ttl", "60", _seconds,
+            "Seconds a failed build (or timeout) is answered from memory, without Nix (0: never)."),
+    Setting("refresh_from", "NIXFORGE_REFRESH_FROM", "refresh-from", "loopback", parse_refresh_from,
+            "Clients allowed to POST /-/refresh: loopback, any, or comma-separated CIDRs (e.g. 10.0.0.0/8)."),
 )
 
 
@@ -293,6 +305,8 @@ class ForgeConfig:
     refs: tuple[str, ...] = ("*",)
     commit_tags: str = "known"
     script_user: str = "nobody"
+    failure_ttl: float = 60.0
+    refresh_from: tuple[str, ...] = ("loopback",)
 
     @classmethod
     def from_sources(

@@ -25,14 +25,18 @@ from nixforge.api.auth import Authenticator, AuthResource
 from nixforge.api.edge import EdgeSite
 from nixforge.api.htpasswd import HtpasswdFile
 from nixforge.api.plain_http import RefuseTLSFactory
+from nixforge.api.refresh import body_limit as refresh_body_limit
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
 from nixforge.images.builder import ImageBuilder
+from nixforge.images.catalog import FlakeCatalog, host_system
 from nixforge.images.image_script import ScriptRunner
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.script_user import ScriptUser
 from nixforge.images.service import ImageService
 from nixforge.nix.client import NixClient
+from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.layer_cache import LayerCache
+from nixforge.refresh_access import RefreshAccess
 from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.gc import GarbageCollector
 from nixforge.store.gc_service import GcScheduler, GcTimerService
@@ -193,9 +197,12 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     nix = NixClient(reactor=reactor, nix_binary=config.nix_binary, options=config.nix_options,
                     accept_flake_config=config.accept_flake_config, timeout=config.build_timeout)
     scripts = ScriptRunner(ScriptUser.for_this_process(config.script_user))
+    gc_roots = GcRoots(os.path.join(config.data_dir, "gcroots"))
+    if gc_roots.clear():
+        log.info("removed the Nix GC roots a previous run left in {directory}", directory=gc_roots.directory)
     builder = ImageBuilder(nix=nix, store=store, layer_cache=layer_cache,
                            run_in_thread=run_in_thread, clock=reactor, timeout=config.build_timeout,
-                           max_layers=config.max_layers, scripts=scripts)
+                           max_layers=config.max_layers, scripts=scripts, gc_roots=gc_roots)
     _BuilderService(builder).setServiceParent(root)
     policy = AccessPolicy(flake=config.flake, revisions=FilesystemLockedRevisions(config.data_dir),
                           packages=config.packages, refs=config.refs, commit_tags=config.commit_tags)
@@ -203,14 +210,18 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
         reactor=reactor, builder=builder, store=store, index=index, run_in_thread=run_in_thread,
         flake=config.flake, policy=policy, refresh_interval=config.refresh_interval, max_builds=config.max_builds,
         max_queued_builds=config.max_queued_builds, cache_size=config.cache_size, keeper=gc,
+        catalog=FlakeCatalog(nix, host_system(config.nix_options), timeout=config.build_timeout),
+        failure_ttl=config.failure_ttl,
     )
     api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
-                      max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail)
+                      max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
+                      refresh_access=_refresh_access(config))
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
     site = EdgeSite(_with_auth(api.resource(), config, run_in_thread, reactor),
                     header_timeout=config.header_timeout, send_timeout=config.send_timeout,
                     max_connections=config.max_connections,
-                    max_client_connections=config.max_client_connections, reactor=reactor)
+                    max_client_connections=config.max_client_connections, reactor=reactor,
+                    body_limit=refresh_body_limit)
     factory = site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site)
     _ListeningService(endpoint, factory).setServiceParent(root)
     log.info("nixforge {version}: flake {flake}, data in {data_dir}, store cap {cap}", version=__version__,
@@ -230,6 +241,11 @@ def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, rea
     htpasswd = HtpasswdFile(config.htpasswd, run_in_thread, reactor)
     htpasswd.load()
     return AuthResource(resource, Authenticator(htpasswd, run_in_thread, reactor))
+
+
+def _refresh_access(config: ForgeConfig) -> RefreshAccess:
+    """Who may POST /-/refresh: with authentication on, every authenticated client; else NIXFORGE_REFRESH_FROM."""
+    return RefreshAccess(("any",)) if config.htpasswd else RefreshAccess(config.refresh_from)
 
 
 def makeService(options: Options, reactor: Any = None) -> IService:

@@ -180,3 +180,17 @@ def test_edge_settings_defaults_and_environment(tmp_path) -> None:
 def test_bad_edge_settings_are_refused(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         ForgeConfig.from_sources({variable: value})
+
+
+def test_failure_ttl_and_refresh_from_defaults_environment_and_options() -> None:
+    default = ForgeConfig.from_sources({"HOME": "/home/u"})
+    assert (default.failure_ttl, default.refresh_from) == (60.0, ("loopback",))
+    config = ForgeConfig.from_sources({"NIXFORGE_FAILURE_TTL": "0", "NIXFORGE_REFRESH_FROM": "10.0.0.0/8,loopback"})
+    assert (config.failure_ttl, config.refresh_from) == (0.0, ("10.0.0.0/8", "loopback"))
+    options = ForgeConfig.from_sources({"NIXFORGE_REFRESH_FROM": "loopback"},
+                                       {"failure-ttl": "5", "refresh-from": "any"})
+    assert (options.failure_ttl, options.refresh_from) == (5.0, ("any",))
+    for variable, value in (("NIXFORGE_FAILURE_TTL", "-1"), ("NIXFORGE_FAILURE_TTL", "inf"),
+                            ("NIXFORGE_REFRESH_FROM", "the world")):
+        with pytest.raises(ConfigError, match=variable):
+            ForgeConfig.from_sources({variable: value})

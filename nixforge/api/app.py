@@ -18,9 +18,11 @@ from nixforge.api.accept import choose_manifest
 from nixforge.api.blob_sender import BlobProducer, parse_range
 from nixforge.api.errors import API_VERSION, API_VERSION_HEADER, INTERNAL_ERROR, HttpError, error_response, write_error
 from nixforge.api.pagination import next_link, paginate, parse_page_request
+from nixforge.api.refresh import refresh
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
 from nixforge.references import Digest, parse_digest, parse_reference, validate_name
+from nixforge.refresh_access import RefreshAccess
 
 log = Logger()
 
@@ -108,9 +110,11 @@ class RegistryApi:
         max_name_length: int = 255,
         max_tag_length: int = 128,
         error_log_tail: bool = True,
+        refresh_access: RefreshAccess | None = None,
     ) -> None:
         self._images = images
         self._error_log_tail = error_log_tail
+        self._refresh_access = refresh_access or RefreshAccess()
         self._reactor = reactor
         self._max_name_length = max_name_length
         self._max_tag_length = max_tag_length
@@ -140,6 +144,15 @@ class RegistryApi:
             return await self._dispatch(request, rest)
         except CancelledError:
             raise
+        except Exception as error:
+            return self._error(request, error)
+
+    @app.route("/-/refresh", strict_slashes=False)
+    @app.route("/-/refresh/<path:name>")
+    def refresh(self, request: IRequest, name: str | None = None) -> bytes:
+        """`POST /-/refresh[/<name>]`: re-resolve moving tags now (nixforge.api.refresh)."""
+        try:
+            return refresh(request, self._images, self._refresh_access, name, self._max_name_length)
         except Exception as error:
             return self._error(request, error)
 

@@ -2,7 +2,8 @@
 
 Below the resources, where Twisted's HTTPChannel reads bytes:
 - a request that announces a body (Content-Length > 0, any Transfer-Encoding) is refused as soon as
-  that header arrives, before one byte of body is read: 405 for writes, 413 otherwise;
+  that header arrives, before one byte of body is read: 405 for writes, 413 otherwise; only the
+  requests `body_limit(method, target)` names may carry a body, of at most that many bytes;
 - a request head must be complete `header_timeout` seconds after connecting, or after its first
   byte on a kept-alive connection: else 408, and the connection is closed;
 - an over-long request line or header block gets 431, a malformed one 400, both as OCI JSON (Twisted
@@ -62,6 +63,8 @@ class EdgeChannel(HTTPChannel):
     _head_call: IDelayedCall | None = None
     _send_call: IDelayedCall | None = None
     _method: bytes = b""
+    _target: bytes = b""
+    body_limit: Callable[[bytes, bytes], int] = staticmethod(lambda method, target: 0)
     on_lost: Callable[[], None] | None = None
 
     def connectionMade(self) -> None:
@@ -84,6 +87,7 @@ class EdgeChannel(HTTPChannel):
             return
         if not self._method and line:
             self._method, _, rest = line.partition(b" ")
+            self._target = rest.partition(b" ")[0]
             if rest.startswith(b"* ") and self._check_asterisk():
                 return
         super().lineReceived(line)
@@ -101,23 +105,27 @@ class EdgeChannel(HTTPChannel):
             return False
         name, _, value = line.partition(b":")
         name, value = name.strip().lower(), value.strip(b" \t")
-        if name == b"transfer-encoding" or (name == b"content-length" and self._announces_body(value)):
+        if name == b"transfer-encoding" or (name == b"content-length" and self._body_refused(value)):
             self._refuse_body()
         if not self._refused and self._receivedHeaderCount >= self.maxHeaders:
             self._refuse(HttpError("UNSUPPORTED", "too many request header fields",
                                    {"limit": self.maxHeaders}, status=431).response)
         if self._refused:
             return False
-        if name == b"content-length":
+        if name == b"content-length" and not self._allowed_body:
             line = b"Content-Length: 0"
         return super().headerReceived(line)
 
-    def _announces_body(self, value: bytes) -> bool:
-        """True for a Content-Length over zero; a malformed one is answered 400 (and True)."""
+    _allowed_body = False
+
+    def _body_refused(self, value: bytes) -> bool:
+        """True for a Content-Length over what this request may carry; a malformed one is answered 400."""
         if not is_decimal(value):
             self._respondToBadRequestAndDisconnect()
             return False
-        return saturating_decimal(value) > 0
+        length = saturating_decimal(value)
+        self._allowed_body = 0 < length <= self.body_limit(self._method, self._target)
+        return length > 0 and not self._allowed_body
 
     def allHeadersReceived(self) -> None:
         self._cancel_head_deadline()
@@ -128,7 +136,8 @@ class EdgeChannel(HTTPChannel):
             super().rawDataReceived(data)
 
     def requestDone(self, request: Any) -> None:
-        self._method = b""
+        self._method = self._target = b""
+        self._allowed_body = False
         self._head_started = False
         super().requestDone(request)
 
@@ -225,8 +234,10 @@ class EdgeSite(Site):
         max_connections: int = 512,
         max_client_connections: int = 64,
         reactor: Any = None,
+        body_limit: Callable[[bytes, bytes], int] | None = None,
     ) -> None:
         super().__init__(resource, reactor=reactor)
+        self.body_limit = body_limit
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
         self.max_connections = max_connections
@@ -247,6 +258,8 @@ class EdgeSite(Site):
         channel = super().buildProtocol(addr)
         channel.header_timeout = self.header_timeout
         channel.send_timeout = self.send_timeout
+        if self.body_limit is not None:
+            channel.body_limit = self.body_limit
         self.open_connections += 1
         self.open_by_client[client] = self.open_by_client.get(client, 0) + 1
         channel.on_lost = lambda: self._closed(client)

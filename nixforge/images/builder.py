@@ -21,6 +21,7 @@ from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnk
 from nixforge.images.image_script import ScriptRunner
 from nixforge.images.targets import BuildTarget
 from nixforge.nix.client import NixAttributeMissing, NixClient, NixError, NixRefUnknown, NixTimeout
+from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.closure_image import PackageMeta, assemble_closure_image
 from nixforge.oci.documents import ImageManifests
 from nixforge.oci.ingest import ingest_image
@@ -30,6 +31,7 @@ from nixforge.store.interfaces import IBlobStore
 
 log = Logger()
 T = TypeVar("T")
+Stored = Callable[[ImageManifests], Awaitable[None]]
 
 # Asked of a package before building it (one `nix eval`): is it a derivation at all (`packages` is
 # an attrset), does the flake give it an image, and what does it run?
@@ -75,13 +77,17 @@ class ImageBuilder:
     scripts: ScriptRunner = field(factory=ScriptRunner)
     store_dir: str = "/nix/store"
     cancel: threading.Event = field(factory=threading.Event)
+    gc_roots: GcRoots | None = None
 
-    async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan:
-        """Lock the flake (`nix flake metadata`) and probe the target (one `nix eval`); no build yet."""
+    async def plan(self, target: BuildTarget, flake_ref: str, tag: str, refresh: bool = False) -> BuildPlan:
+        """Lock the flake (`nix flake metadata`) and probe the target (one `nix eval`); no build yet.
+
+        `refresh` (a moving tag resolved again) makes Nix fetch the flake again (`--refresh`).
+        """
         deadline = self.clock.seconds() + self.timeout
 
         async def probe() -> BuildPlan:
-            metadata = await self.nix.metadata(flake_ref, timeout=self._left(deadline))
+            metadata = await self.nix.metadata(flake_ref, timeout=self._left(deadline), refresh=refresh)
             url = metadata.get("url")
             locked = url if isinstance(url, str) else flake_ref
             labels = _labels(target, flake_ref, metadata)
@@ -105,39 +111,55 @@ class ImageBuilder:
             raise BuildFailed("unexpected answer from nix eval", {"answer": repr(answer)[:200]})
         return answer
 
-    async def build(self, plan: BuildPlan) -> ImageManifests:
+    async def build(self, plan: BuildPlan, stored: Stored | None = None) -> ImageManifests:
         """Build the planned image, store its blobs and both manifests, and return them.
 
         Every nix command uses the locked reference, so one image comes from one revision even
-        while a branch moves.
+        while a branch moves. Each output is held by a GC root (`gc_roots`) until the image is
+        stored and `stored(manifests)` (the caller's tag record) has run; the roots go on failure
+        and timeout too.
         """
         deadline = self.clock.seconds() + self.timeout
         target = plan.target
+        links: list[str] = []
 
-        def installable(path: str) -> str:
-            return f"{plan.locked}#{path}"
+        def nix_build(path: str) -> Deferred[list[str]]:
+            link = self.gc_roots.new_link() if self.gc_roots is not None else None
+            if link is not None:
+                links.append(link)
+            return self.nix.build(f"{plan.locked}#{path}", timeout=self._left(deadline), out_link=link)
 
         async def run() -> ImageManifests:
             if target.kind == "application" and plan.has_entries:
-                outputs = await self.nix.build(installable(target.entry_path()), timeout=self._left(deadline))
+                outputs = await nix_build(target.entry_path())
                 path = self._in_store(outputs[0], target)
                 return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
             if target.kind == "application":
-                outputs = await self.nix.build(installable(target.path("containers")), timeout=self._left(deadline))
+                outputs = await nix_build(target.path("containers"))
                 path = self._in_store(_application_image(target, outputs[0]), target)
                 return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
             if plan.has_image:
-                outputs = await self.nix.build(installable(target.path("image")), timeout=self._left(deadline))
+                outputs = await nix_build(target.path("image"))
                 path = self._in_store(outputs[0], target)
                 return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
-            outputs = await self.nix.build(installable(target.path()), timeout=self._left(deadline))
+            outputs = await nix_build(target.path())
             self._in_store(outputs[0], target)
             closure = await self.nix.closure(outputs[0], timeout=self._left(deadline))
             meta = PackageMeta(name=target.attribute, out_path=outputs[0],
                                main_program=plan.main_program, labels=plan.labels)
             return await self.run_in_thread(self._assemble, closure, meta)
 
-        return await self._mapped(run, target, plan.flake_ref, plan.tag)
+        async def run_and_record() -> ImageManifests:
+            manifests = await run()
+            if stored is not None:
+                await stored(manifests)
+            return manifests
+
+        try:
+            return await self._mapped(run_and_record, target, plan.flake_ref, plan.tag)
+        finally:
+            if self.gc_roots is not None and links:
+                await self.run_in_thread(_release_all, self.gc_roots, links)
 
     def _in_store(self, path: str, target: BuildTarget) -> str:
         """`path` with its links followed, refused (BuildFailed) unless it ends inside the Nix store."""
@@ -203,6 +225,12 @@ class ImageBuilder:
         self.store.put(manifests.oci.body)
         self.store.put(manifests.docker.body)
         return manifests
+
+
+def _release_all(roots: GcRoots, links: list[str]) -> None:
+    """Worker thread: drop the GC roots of one build."""
+    for link in links:
+        roots.release(link)
 
 
 def _application_entries(target: BuildTarget, answer: dict[str, Any]) -> bool:

@@ -45,4 +45,10 @@ class IImageService(Interface):
         """Return the tags of `name`, sorted; fails with NameUnknown."""
 
     def repositories() -> Deferred[list[str]]:
-        """Return every repository the registry has built, sorted."""
+        """Return the flake's catalog and every repository the registry has built, sorted."""
+
+    def refresh(name: str | None) -> list[str]:
+        """Re-resolve the stored moving tags of `name` (of all when None) now; return `name:tag`s scheduled.
+
+        Never delays a pull of a stored image; fails (raises) with NameUnknown for a refused name.
+        """

@@ -35,3 +35,9 @@ class MissingCache:
             del self._entries[key]
             return None
         return error
+
+    def forget(self, name: str | None = None) -> None:
+        """Drop what is remembered of repository `name` (keys `(name, tag)`), or everything when None."""
+        for key in [key for key in self._entries
+                    if name is None or (isinstance(key, tuple) and key[:1] == (name,))]:
+            del self._entries[key]

@@ -13,8 +13,19 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nixforge.errors import BlobUnknown, ForgeError, ManifestUnknown, NameUnknown, StoreFull, TooManyBuilds
-from nixforge.images.builder import BuildPlan
+from nixforge.errors import (
+    BlobUnknown,
+    BuildFailed,
+    BuildTimedOut,
+    ForgeError,
+    ManifestUnknown,
+    NameUnknown,
+    StoreFull,
+    TooManyBuilds,
+)
+from nixforge.images.builder import BuildPlan, Stored
+from nixforge.images.catalog import FlakeCatalog
+from nixforge.images.failure_memory import FAILURE_TTL, FailureMemory
 from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.images.manifest_cache import ManifestCache
 from nixforge.images.missing_cache import MISSING_TTL, MissingCache
@@ -45,9 +56,9 @@ def failure_reason(error: BaseException) -> str:
 class Builder(Protocol):
     """What the service needs of a builder (nixforge.images.builder.ImageBuilder)."""
 
-    async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan: ...
+    async def plan(self, target: BuildTarget, flake_ref: str, tag: str, refresh: bool = False) -> BuildPlan: ...
 
-    async def build(self, plan: BuildPlan) -> ImageManifests: ...
+    async def build(self, plan: BuildPlan, stored: Stored | None = None) -> ImageManifests: ...
 
 
 @implementer(IImageService)
@@ -71,17 +82,26 @@ class ImageService:
     max_queued_builds: int = 16
     cache_size: int = 50
     keeper: IStoreKeeper = field(factory=NoStoreKeeper)
+    catalog: FlakeCatalog | None = None
+    failure_ttl: float = FAILURE_TTL
     _flights: SingleFlight = field(factory=SingleFlight, init=False)
     _slots: DeferredSemaphore = field(init=False)
     _probes: DeferredSemaphore = field(init=False)
     _missing: MissingCache = field(factory=MissingCache, init=False)
     _cache: ManifestCache = field(init=False)
     _refresh_failed_at: dict[tuple[str, str], float] = field(factory=dict, init=False)
+    _failures: FailureMemory = field(init=False)
+    # tag → (locked flake reference, when it was seen): the last revision any plan locked the tag to.
+    _locks: dict[str, tuple[str, float]] = field(factory=dict, init=False)
+    _queued_refreshes: set[tuple[str, str]] = field(factory=set, init=False)
+    _catalog_lock_stale: bool = field(default=False, init=False)
+    _catalog_retry_at: float = field(default=float("-inf"), init=False)
 
     def __attrs_post_init__(self) -> None:
         self._slots = DeferredSemaphore(self.max_builds)
         self._probes = DeferredSemaphore(self.max_builds * 2)
         self._cache = ManifestCache(self.cache_size)
+        self._failures = FailureMemory(self.failure_ttl)
 
     # -- tags ---------------------------------------------------------------------------------
 
@@ -117,9 +137,12 @@ class ImageService:
                 and now - failed_at >= self.refresh_interval)
 
     def _refresh_in_background(self, target: BuildTarget, tag: str) -> None:
-        key = (target.name, tag)
-        if self._flights.running(key):
+        if self._flights.running((target.name, tag)):
             return
+        self._start_refresh(target, tag)
+
+    def _start_refresh(self, target: BuildTarget, tag: str) -> None:
+        key = (target.name, tag)
         log.info("refreshing {name}:{tag} in the background", name=target.name, tag=tag)
 
         def failed(reason: Failure) -> None:
@@ -130,15 +153,23 @@ class ImageService:
         self._flights.run(key, lambda: ensureDeferred(self._build(target, tag))).addErrback(failed)
 
     async def _build(self, target: BuildTarget, tag: str) -> ImageManifests:
-        """Plan (lock the flake, probe the package), then build unless the lock is unchanged."""
+        """Plan (lock the flake, probe the package), then build unless the lock is unchanged.
+
+        A moving tag resolved before (stored, or locked by an earlier plan) is fetched again
+        (`--refresh`); a build that failed at the revision the tag is still locked to fails again
+        from memory, without Nix.
+        """
         key = (target.name, tag)
         self._raise_if_known_missing(key)
+        self._raise_if_failed_before(target.name, tag)
         flake_ref = flake_ref_for(self.flake, tag)
+        refresh = not is_immutable(tag) and (tag in self._locks or self.index.get(target.name, tag) is not None)
         try:
-            plan = await self._limited(self._probes, lambda: self.builder.plan(target, flake_ref, tag))
+            plan = await self._limited(self._probes, lambda: self.builder.plan(target, flake_ref, tag, refresh))
         except (NameUnknown, ManifestUnknown) as error:
             self._missing.remember(key, error, self.reactor.seconds() + MISSING_TTL)
             raise
+        self._locks[tag] = (plan.locked, self.reactor.seconds())
         if plan.revision is not None and self.policy.vouches_for_locks_of(tag):
             await self.run_in_thread(self.policy.remember_lock, tag, plan.revision)
         record = self.index.get(target.name, tag)
@@ -156,10 +187,10 @@ class ImageService:
                     return manifests
         started = self.reactor.seconds()
         log.info("build started {name}:{tag} from {flake}", name=target.name, tag=tag, flake=plan.locked)
-        lease = self.keeper.begin_build()  # GC spares what this build stores until it is indexed
-        try:
-            manifests = await self._limited(self._slots, lambda: self.builder.build(plan))
-            record = TagRecord(
+
+        async def record_tag(manifests: ImageManifests) -> None:
+            log.debug("storing the tag record of {name}:{tag}", name=target.name, tag=tag)
+            await self.run_in_thread(self.index.put, TagRecord(
                 name=target.name,
                 tag=tag,
                 oci_digest=manifests.oci.digest,
@@ -167,9 +198,11 @@ class ImageService:
                 built_at=self.reactor.seconds(),
                 source=plan.locked,
                 immutable=is_immutable(tag),
-            )
-            log.debug("storing the tag record of {name}:{tag}", name=target.name, tag=tag)
-            await self.run_in_thread(self.index.put, record)
+            ))
+
+        lease = self.keeper.begin_build()  # GC spares what this build stores until it is indexed
+        try:
+            manifests = await self._limited(self._slots, lambda: self.builder.build(plan, record_tag))
         except (NameUnknown, ManifestUnknown) as error:
             # e.g. an application whose containers output holds no such image: remember it too.
             self._missing.remember(key, error, self.reactor.seconds() + MISSING_TTL)
@@ -181,6 +214,8 @@ class ImageService:
                      reason=failure_reason(error))
             if isinstance(error, StoreFull):
                 self.keeper.full()
+            if isinstance(error, (BuildFailed, BuildTimedOut)):
+                self._failures.remember(target.name, tag, plan.locked, error, self.reactor.seconds())
             raise
         finally:
             self.keeper.end_build(lease)
@@ -205,6 +240,58 @@ class ImageService:
         error = self._missing.get(key, self.reactor.seconds())
         if error is not None:
             raise error
+
+    def _raise_if_failed_before(self, name: str, tag: str) -> None:
+        lock = self._locks.get(tag)
+        error = self._failures.get(name, tag, self.reactor.seconds(), lock[0] if lock else None)
+        if error is not None:
+            log.info("{name}:{tag} failed to build at this revision less than {ttl:g} s ago; "
+                     "answering that failure again", name=name, tag=tag, ttl=self.failure_ttl)
+            raise error
+
+    # -- refresh ------------------------------------------------------------------------------
+
+    def refresh(self, name: str | None = None) -> list[str]:
+        """Re-resolve now every stored moving tag of `name` (of every repository when None).
+
+        Failures remembered for those names are forgotten, so their next pull builds at once, and
+        the catalog checks the lock of latest again. Nothing waits: pulls of stored images keep
+        being served while the refreshes run. Returns the `name:tag`s scheduled, sorted.
+        """
+        if name is not None:
+            self.policy.check_name(name)
+            target_for(name)
+        self._failures.forget(name)
+        self._missing.forget(name)
+        self._catalog_lock_stale = True
+        self._catalog_retry_at = float("-inf")
+        names = [name] if name is not None else self.index.names()
+        scheduled = []
+        for each in names:
+            if not self.policy.allows_name(each):
+                continue
+            for tag in self.index.tags(each):
+                if is_immutable(tag) or not self.policy.allows_tag(tag):
+                    continue
+                self._refresh_now(target_for(each), tag)
+                scheduled.append(f"{each}:{tag}")
+        return sorted(scheduled)
+
+    def _refresh_now(self, target: BuildTarget, tag: str) -> None:
+        key = (target.name, tag)
+        if not self._flights.running(key):
+            self._start_refresh(target, tag)
+            return
+        # The build running now may have locked the revision before the push: run once more after it.
+        if key in self._queued_refreshes:
+            return
+        self._queued_refreshes.add(key)
+
+        def again(_: object) -> None:
+            self._queued_refreshes.discard(key)
+            self._refresh_now(target, tag)
+
+        self._flights.run(key, _already_running).addBoth(again)
 
     async def _load(self, record: TagRecord) -> ImageManifests:
         oci = await self._document(record.oci_digest)
@@ -265,18 +352,65 @@ class ImageService:
     # -- discovery ----------------------------------------------------------------------------
 
     def tags(self, name: str) -> Deferred[list[str]]:
-        """The tags this registry has built for `name` and would serve now."""
-        try:
-            self.policy.check_name(name)
-            target_for(name)
-        except NameUnknown as error:
-            return fail(error)
-        tags = [tag for tag in self.index.tags(name) if self.policy.allows_tag(tag)]
-        if not tags:
-            return fail(NameUnknown(
-                "repository not built yet; pull <name>:latest to build it", {"name": name}))
-        return succeed(tags)
+        """`latest` plus the tags (and commits) of `name` built so far that the policy serves now.
+
+        A repository neither built nor offered by the flake's catalog is NAME_UNKNOWN.
+        """
+        return ensureDeferred(self._tags(name))
+
+    async def _tags(self, name: str) -> list[str]:
+        self.policy.check_name(name)
+        target_for(name)
+        tags = {tag for tag in self.index.tags(name) if self.policy.allows_tag(tag)}
+        if not tags and _bare(name) not in await self._offered():
+            raise NameUnknown("repository not built yet and not in the flake's catalog; "
+                              "pull <name>:latest to build it", {"name": name})
+        return sorted(tags | {"latest"})
 
     def repositories(self) -> Deferred[list[str]]:
-        """Every repository with at least one built tag that the policy serves."""
-        return succeed([name for name in self.index.names() if self.policy.allows_name(name)])
+        """The flake's catalog and every repository built so far, as far as the policy serves them."""
+        return ensureDeferred(self._repositories())
+
+    async def _repositories(self) -> list[str]:
+        names = set(self.index.names()) | set(await self._offered())
+        return sorted(name for name in names if self.policy.allows_name(name))
+
+    async def _offered(self) -> list[str]:
+        """The flake's catalog at the revision latest is locked to; [] (logged) when it can't be had."""
+        if self.catalog is None:
+            return []
+        if self.reactor.seconds() < self._catalog_retry_at:
+            return []  # it failed a moment ago: no Nix run per listing until then
+        try:
+            return await self._flights.run(("-catalog",), lambda: ensureDeferred(self._evaluate_catalog()))
+        except Exception as error:
+            self._catalog_retry_at = self.reactor.seconds() + MISSING_TTL
+            log.warn("the flake's catalog is unavailable, listing only what was built for {ttl} s: {reason}",
+                     ttl=MISSING_TTL, reason=failure_reason(error))
+            return []
+
+    async def _evaluate_catalog(self) -> list[str]:
+        catalog = self.catalog
+        assert catalog is not None
+        known = self._locks.get("latest")
+        now = self.reactor.seconds()
+        if known is None or self._catalog_lock_stale or now - known[1] >= self.refresh_interval:
+            self._catalog_lock_stale = False
+            locked = await self._limited(self._probes, lambda: catalog.lock(self.flake, known is not None))
+            self._locks["latest"] = (locked, self.reactor.seconds())
+        else:
+            locked = known[0]
+        names = catalog.cached(locked)
+        if names is None:
+            log.info("evaluating the flake's catalog at {locked}", locked=locked)
+            names = await self._limited(self._probes, lambda: catalog.evaluate(locked))
+        return names
+
+
+def _bare(name: str) -> str:
+    """`packages/<pkg>` is `<pkg>`, as the catalog lists it."""
+    return name.removeprefix("packages/")
+
+
+def _already_running() -> None:
+    raise AssertionError("only called for a key whose job is running")

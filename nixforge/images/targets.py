@@ -66,6 +66,11 @@ def _attribute(text: str, name: str) -> str:
     return text
 
 
+def is_package_name(text: str) -> bool:
+    """Tell whether a flake attribute name can be pulled as the repository `<text>`."""
+    return bool(_ATTRIBUTE.fullmatch(text)) and text not in _RESERVED
+
+
 def target_for(name: str) -> BuildTarget:
     """Map a validated repository name to its build target, or raise NameUnknown (no Nix asked)."""
     parts = name.split("/")

@@ -134,9 +134,15 @@ class NixClient:
     # Every command takes an optional `timeout` (seconds) overriding the client's, so a caller can
     # give several commands one shared deadline.
 
-    def build(self, installable: str, timeout: float | None = None) -> Deferred[list[str]]:
-        """Build `installable`; fire with its output store paths ("out" first)."""
-        argv = build_argv(self.nix_binary, installable, self.settings)
+    def build(
+        self, installable: str, timeout: float | None = None, out_link: str | None = None
+    ) -> Deferred[list[str]]:
+        """Build `installable`; fire with its output store paths ("out" first).
+
+        With `out_link`, Nix leaves GC roots there (`out_link`, `out_link-<output>`); the caller
+        removes them.
+        """
+        argv = build_argv(self.nix_binary, installable, self.settings, out_link)
         return self._run(argv, parse_build_output, timeout)
 
     def eval_json(
@@ -150,9 +156,14 @@ class NixClient:
         """Fire with every store path of the closure of `path`, with sizes and references."""
         return self._run(path_info_argv(self.nix_binary, path, self.settings), parse_path_info, timeout)
 
-    def metadata(self, flake_ref: str, timeout: float | None = None) -> Deferred[dict[str, object]]:
-        """Fetch and lock `flake_ref`; fire with `nix flake metadata --json` (locked `url`, `revision`)."""
-        argv = metadata_argv(self.nix_binary, flake_ref, self.settings)
+    def metadata(
+        self, flake_ref: str, timeout: float | None = None, refresh: bool = False
+    ) -> Deferred[dict[str, object]]:
+        """Fetch and lock `flake_ref`; fire with `nix flake metadata --json` (locked `url`, `revision`).
+
+        `refresh` fetches again what Nix downloaded before (`--refresh`), whatever its tarball-ttl.
+        """
+        argv = metadata_argv(self.nix_binary, flake_ref, self.settings, refresh)
         return self._run(argv, parse_metadata_output, timeout)
 
     def stop(self) -> Deferred[None]:

@@ -56,9 +56,16 @@ def _command(nix: str, words: Sequence[str], settings: NixSettings, target: str)
 _DEFAULT = NixSettings()
 
 
-def build_argv(nix: str, installable: str, settings: NixSettings = _DEFAULT) -> list[str]:
-    """`nix build --json --no-link FLAGS -- INSTALLABLE`."""
-    return _command(nix, ["build", "--json", "--no-link"], settings, installable)
+def build_argv(
+    nix: str, installable: str, settings: NixSettings = _DEFAULT, out_link: str | None = None
+) -> list[str]:
+    """`nix build --json --no-link FLAGS -- INSTALLABLE`, or `--out-link OUT_LINK` to hold a GC root.
+
+    With `--out-link LINK` Nix 2.8 makes `LINK` for the `out` output and `LINK-<output>` for the
+    others, each an indirect GC root until the link is removed.
+    """
+    link = ["--out-link", out_link] if out_link is not None else ["--no-link"]
+    return _command(nix, ["build", "--json", *link], settings, installable)
 
 
 def eval_argv(nix: str, installable: str, apply: str | None = None, settings: NixSettings = _DEFAULT) -> list[str]:
@@ -72,9 +79,16 @@ def path_info_argv(nix: str, path: str, settings: NixSettings = _DEFAULT) -> lis
     return _command(nix, ["path-info", "-r", "--json"], settings, path)
 
 
-def metadata_argv(nix: str, flake_ref: str, settings: NixSettings = _DEFAULT) -> list[str]:
-    """`nix flake metadata --json FLAGS -- FLAKE_REF`."""
-    return _command(nix, ["flake", "metadata", "--json"], settings, flake_ref)
+def metadata_argv(
+    nix: str, flake_ref: str, settings: NixSettings = _DEFAULT, refresh: bool = False
+) -> list[str]:
+    """`nix flake metadata --json [--refresh] FLAGS -- FLAKE_REF`.
+
+    `--refresh` makes Nix fetch again whatever it downloaded before, so its `tarball-ttl` cannot hide
+    a branch that moved.
+    """
+    words = ["flake", "metadata", "--json", *(["--refresh"] if refresh else [])]
+    return _command(nix, words, settings, flake_ref)
 
 
 def parse_metadata_output(stdout: bytes) -> dict[str, object]:

@@ -160,6 +160,13 @@ class FakeImageService:
 
         return self._answer("tags", compute)
 
+    def refresh(self, name: str | None) -> list[str]:
+        """Record the call; return the `name:tag`s held for `name` (all when None), sorted."""
+        self.calls.append(("refresh", name or ""))
+        if "refresh" in self.failures:
+            raise self.failures["refresh"]
+        return sorted(f"{repo}:{tag}" for (repo, tag) in self.images if name in (None, repo))
+
     def repositories(self) -> Deferred:
         """Return every repository, sorted."""
         self.calls.append(("repositories",))

@@ -15,6 +15,7 @@ from twisted.web.resource import Resource
 
 from nixforge.api import RegistryApi
 from nixforge.api.edge import EdgeSite
+from nixforge.api.refresh import MAX_BODY, body_limit
 
 from .fake_images import FakeImageService
 
@@ -74,6 +75,33 @@ def test_a_declared_body_is_refused_before_it_is_read(resource: CountingResource
     assert transport.value() == before
     assert resource.rendered == 0
     assert protocol.requests[-1].content is None or protocol.requests[-1].content.tell() == 0
+
+
+class BodyResource(CountingResource):
+    """Counts requests and keeps the body each one carried."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bodies: list[bytes] = []
+
+    def render(self, request: object) -> bytes:
+        self.bodies.append(request.content.read())  # type: ignore[attr-defined]
+        return super().render(request)
+
+
+def test_a_webhook_body_reaches_the_refresh_route_and_nothing_else_may_carry_one() -> None:
+    resource = BodyResource()
+    site = make_site(resource, Clock(), body_limit=body_limit)
+    payload = b'{"ref":"refs/heads/main"}'
+    protocol, transport = connect(site)
+    protocol.dataReceived(b"POST /-/refresh/hello HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload))
+    assert resource.bodies == [payload] and transport.value().startswith(b"HTTP/1.1 200")
+    for target, length in ((b"/-/refresh", MAX_BODY + 1), (b"/v2/hello/manifests/latest", 1), (b"/-/refreshes", 1)):
+        protocol, transport = connect(site, port=40001)
+        protocol.dataReceived(b"POST %s HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % (target, length))
+        code, _, error = answer(transport)
+        assert (code, error["code"]) == (405, "UNSUPPORTED"), target
+    assert resource.rendered == 1
 
 
 def test_chunked_bodies_are_refused_too(resource: CountingResource) -> None:

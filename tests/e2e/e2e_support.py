@@ -169,10 +169,11 @@ class HttpResponse:
 
 
 def http_request(
-    url: str, method: str = "GET", headers: dict[str, str] | None = None, timeout: float = 300
+    url: str, method: str = "GET", headers: dict[str, str] | None = None, timeout: float = 300,
+    data: bytes | None = None,
 ) -> HttpResponse:
-    """One HTTP request with urllib; error statuses are returned, not raised."""
-    request = urllib.request.Request(url, method=method, headers=headers or {})
+    """One HTTP request with urllib (`data` as its body); error statuses are returned, not raised."""
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return HttpResponse(
@@ -356,9 +357,10 @@ class ForgeProcess:
         """An http URL on this registry."""
         return f"http://{self.registry}{path}"
 
-    def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET") -> HttpResponse:
+    def get(self, path: str, headers: dict[str, str] | None = None, method: str = "GET",
+            data: bytes | None = None) -> HttpResponse:
         """A request to this registry."""
-        return http_request(self.url(path), method=method, headers=headers)
+        return http_request(self.url(path), method=method, headers=headers, data=data)
 
     def manifest(self, name: str, reference: str = "latest", accept: str = OCI_ACCEPT) -> HttpResponse:
         """GET a manifest; fail unless it is served (200)."""
@@ -380,6 +382,53 @@ class ForgeProcess:
 
 
 ForgeFactory = Callable[..., ForgeProcess]
+REVISION_LABEL = "org.opencontainers.image.revision"
+
+
+def revision_of(forge: ForgeProcess, name: str, tag: str) -> str:
+    """The revision name:tag was built from (fails unless it is served).
+
+    A flake's own image carries it as a manifest annotation, a closure image as a config label.
+    """
+    manifest = forge.manifest(name, tag).json()
+    if REVISION_LABEL in manifest.get("annotations", {}):
+        return manifest["annotations"][REVISION_LABEL]
+    config = json.loads(forge.blob(name, manifest["config"]["digest"]))
+    return config["config"]["Labels"][REVISION_LABEL]
+
+
+class GitFlake:
+    """A git repository holding the fixture flake, committed with real `git` (argv lists)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.revisions: dict[str, str] = {}
+
+    def git(self, *args: str) -> str:
+        """Run one git command in the repository; return its stdout."""
+        argv = ["git", "-C", str(self.path), "-c", "user.name=nixforge", "-c", "user.email=t@nixforge",
+                "-c", "commit.gpgsign=false", *args]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+    def commit(self, label: str, file: str = "note", text: str | None = None) -> str:
+        """Change a tracked file (`note`, or `file` to `text`), commit everything, remember the revision."""
+        (self.path / file).write_text(label + "\n" if text is None else text)
+        self.git("add", "-A")
+        self.git("commit", "-q", "-m", label)
+        self.revisions[label] = self.git("rev-parse", "HEAD")
+        return self.revisions[label]
+
+    @property
+    def ref(self) -> str:
+        """The flake reference nixforge serves: the repository's checked-out branch."""
+        return f"git+file://{self.path}"
+
+    @classmethod
+    def create(cls, source: Path, target: Path, nonce: str) -> GitFlake:
+        """A fresh repository (branch `main`, nothing committed yet) holding a copy of the flake `source`."""
+        repo = cls(prepare_flake(source, target, nonce))
+        repo.git("init", "-q", "-b", "main")
+        return repo
 
 
 @define(eq=False)

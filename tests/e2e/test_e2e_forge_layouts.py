@@ -179,7 +179,8 @@ def test_an_image_file_linked_out_of_the_store_is_refused(nix_forge: ForgeProces
     assert response.status == 500, (response.status, response.body)
     (error,) = response.json()["errors"]
     assert "outside the Nix store" in error["message"]
-    assert "escape" not in nix_forge.get("/v2/_catalog").body.decode()
+    # Nothing was stored: the catalog lists the flake's `escape` package, never the refused image.
+    assert "applications/escape/web" not in nix_forge.get("/v2/_catalog").json()["repositories"]
 
 
 def test_a_made_up_application_is_remembered_as_missing(nix_forge: ForgeProcess) -> None:
@@ -212,3 +213,20 @@ def test_a_dotted_name_is_one_attribute_never_a_path(ngi_forge: ForgeProcess) ->
     # `pkgs.nothing` is looked up as the one attribute "pkgs.nothing", not as pkgs → nothing.
     assert not_found(ngi_forge, "pkgs.nothing")["code"] == "NAME_UNKNOWN"
     assert not_found(ngi_forge, "pkgs")["code"] == "NAME_UNKNOWN"
+
+
+def test_the_catalog_lists_dotted_names_as_they_are_pulled(ngi_forge: ForgeProcess) -> None:
+    listed = ngi_forge.get("/v2/_catalog").json()["repositories"]
+    assert {"apps.hello", "apps.hello.container", "pkgs.hello"} <= set(listed)
+    assert set(listed) <= {"apps.hello", "apps.hello.container", "pkgs.hello", "packages/pkgs.hello"}
+
+
+def test_the_catalog_lists_the_images_of_containers_with_entries(nix_forge: ForgeProcess) -> None:
+    """Only shop's containers carry `entries`: its two images are listed; legacy's and escape's are not."""
+    listed = set(nix_forge.get("/v2/_catalog").json()["repositories"])
+    flake = {"hello", "greet", "shop", "legacy", "nocontainers", "escape",
+             "applications/shop/web", "applications/shop/broken"}
+    assert flake <= listed
+    assert {name for name in listed - flake if not name.startswith(("packages/", "applications/legacy/",
+                                                                      "applications/escape/",
+                                                                      "applications/nocontainers/"))} == set()

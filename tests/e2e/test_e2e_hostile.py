@@ -320,8 +320,10 @@ def test_pagination(hostile: tuple, wire: Wire, path: str, n: str | None, last: 
     """Any `n` and `last`: a page, or 400 PAGINATION_NUMBER_INVALID for an `n` that is not a small number."""
     _, log, _ = hostile
     query = "&".join(f"{key}={quote(value, safe='')}" for key, value in (("n", n), ("last", last)) if value is not None)
-    answer = ask(wire, log, "pagination", get(f"{path}?{query}" if query else path), invalid=True)
-    good_n = n is None or n == "" or (n.isascii() and n.isdigit() and len(n.lstrip("0")) <= 18)
+    good_n = good_page_number(n)
+    # A valid listing of _catalog may evaluate the flake's catalog (one Nix run per revision).
+    answer = ask(wire, log, "pagination", get(f"{path}?{query}" if query else path),
+                 invalid=not (good_n and path == "/v2/_catalog"))
     if good_n:
         assert answer.status == 200, (n, last, answer.body[:200])
         listing = json.loads(answer.body)
@@ -333,6 +335,11 @@ def test_pagination(hostile: tuple, wire: Wire, path: str, n: str | None, last: 
 
 TCHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789!#$%&'*+-.^_`|~"
 TOKEN = st.text(TCHARS, min_size=1, max_size=20)
+
+
+def good_page_number(n: str | None) -> bool:
+    """Whether `n` is a page size the registry takes (absent, empty, or at most 18 significant digits)."""
+    return n is None or n == "" or (n.isascii() and n.isdigit() and len(n.lstrip("0")) <= 18)
 
 
 @fuzz(900)
@@ -396,7 +403,8 @@ def test_percent_encoding(hostile: tuple, wire: Wire, parts: list[str], where: s
         text = None
     path = {"name": f"/v2/{encoded}/manifests/latest", "reference": f"/v2/hello/manifests/{encoded}",
             "query": f"/v2/_catalog?n={encoded}&last={encoded}"}[where]
-    maybe_valid = text is not None and (valid_name(text) if where == "name" else where == "reference")
+    maybe_valid = text is not None and {"name": valid_name, "reference": lambda _: True,
+                                         "query": good_page_number}[where](text)
     answer = ask(wire, log, "percent_encoding", get(path), invalid=not maybe_valid)
     if text is None and where != "query":
         assert (answer.status, answer.error_code()) == (400, "NAME_INVALID")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import pwd
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,46 +17,18 @@ from e2e_support import (
     OCI_ACCEPT,
     ForgeFactory,
     ForgeProcess,
-    prepare_flake,
+    GitFlake,
+    revision_of,
     run_tool,
 )
 
 NIX_RUN = re.compile(r"running \S*nix (?:flake|build|eval|path-info)")
-REVISION_LABEL = "org.opencontainers.image.revision"
-
-
-class GitFlake:
-    """A git repository holding the fixture flake, committed with real `git` (argv lists)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.revisions: dict[str, str] = {}
-
-    def git(self, *args: str) -> str:
-        """Run one git command in the repository; return its stdout."""
-        argv = ["git", "-C", str(self.path), "-c", "user.name=nixforge", "-c", "user.email=t@nixforge",
-                "-c", "commit.gpgsign=false", *args]
-        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
-
-    def commit(self, label: str) -> str:
-        """Change a tracked file, commit everything, and remember the revision under `label`."""
-        (self.path / "note").write_text(label + "\n")
-        self.git("add", "-A")
-        self.git("commit", "-q", "-m", label)
-        self.revisions[label] = self.git("rev-parse", "HEAD")
-        return self.revisions[label]
-
-    @property
-    def ref(self) -> str:
-        """The flake reference nixforge serves: the repository's checked-out branch."""
-        return f"git+file://{self.path}"
 
 
 @pytest.fixture
 def git_flake(tmp_path: Path, nonce: str) -> GitFlake:
     """main: one (tagged v1), two, three; branch `hidden` off two with a commit no allowed ref has."""
-    repo = GitFlake(prepare_flake(FIXTURE_FLAKES / "forge", tmp_path / "repo", nonce))
-    repo.git("init", "-q", "-b", "main")
+    repo = GitFlake.create(FIXTURE_FLAKES / "forge", tmp_path / "repo", nonce)
     repo.commit("one")
     repo.git("tag", "v1")
     repo.commit("two")
@@ -71,18 +42,6 @@ def git_flake(tmp_path: Path, nonce: str) -> GitFlake:
 def nix_runs(forge: ForgeProcess) -> int:
     """How many nix commands the registry has started so far (logged at DEBUG)."""
     return len(forge.matching_lines(NIX_RUN))
-
-
-def revision_of(forge: ForgeProcess, name: str, tag: str) -> str:
-    """The revision name:tag was built from (fails unless it is served).
-
-    A flake's own image carries it as a manifest annotation, a closure image as a config label.
-    """
-    manifest = forge.manifest(name, tag).json()
-    if REVISION_LABEL in manifest.get("annotations", {}):
-        return manifest["annotations"][REVISION_LABEL]
-    config = json.loads(forge.blob(name, manifest["config"]["digest"]))
-    return config["config"]["Labels"][REVISION_LABEL]
 
 
 def refused(forge: ForgeProcess, path: str, code: str) -> dict:
@@ -165,7 +124,9 @@ def test_names_outside_the_package_list_are_unknown_on_every_route(forge_factory
         for path in (f"/v2/{name}/manifests/latest", f"/v2/{name}/blobs/{layer}", f"/v2/{name}/tags/list"):
             error = refused(forge, path, "NAME_UNKNOWN")
             assert error["detail"]["refused_by"] == "NIXFORGE_PACKAGES", error
-    assert forge.get("/v2/_catalog").json()["repositories"] == ["applications/app1/web", "hello", "packages/tool-b"]
+    # The flake's catalog (filtered) merged with what was built.
+    assert forge.get("/v2/_catalog").json()["repositories"] == [
+        "applications/app1/web", "hello", "packages/tool-b", "tool-a", "tool-b"]
 
     # Built and stored before, refused now: the policy comes before the index.
     forge.extra_args = ["--packages", "tool-*"]
@@ -173,7 +134,7 @@ def test_names_outside_the_package_list_are_unknown_on_every_route(forge_factory
     for path in ("/v2/hello/manifests/latest", f"/v2/hello/manifests/{hello_digest}",
                  f"/v2/hello/blobs/{layer}", "/v2/hello/tags/list"):
         refused(forge, path, "NAME_UNKNOWN")
-    assert forge.get("/v2/_catalog").json()["repositories"] == ["packages/tool-b"]
+    assert forge.get("/v2/_catalog").json()["repositories"] == ["packages/tool-b", "tool-a", "tool-b"]
     assert forge.manifest("packages/tool-b").json() == tool
 
 

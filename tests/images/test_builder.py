@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnk
 from nixforge.images.builder import ImageBuilder, _labels
 from nixforge.images.targets import target_for
 from nixforge.nix.client import NixAttributeMissing, NixError, NixRefUnknown, NixTimeout
+from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.layer_cache import LayerCache
 from nixforge.store.memory import MemoryBlobStore
 from tests.oci.archive_builders import docker_archive_members, sample_layers, tar_bytes
@@ -29,9 +31,11 @@ class FakeNix:
         self.error = error
         self.asked: list[str] = []
         self.timeouts: list[float | None] = []
+        self.out_links: list[str | None] = []
 
-    def metadata(self, flake_ref: str, timeout: float | None = None) -> Deferred[dict[str, object]]:
-        self.asked.append("metadata " + flake_ref)
+    def metadata(self, flake_ref: str, timeout: float | None = None,
+                 refresh: bool = False) -> Deferred[dict[str, object]]:
+        self.asked.append(("metadata --refresh " if refresh else "metadata ") + flake_ref)
         return succeed({"url": flake_ref + "?locked=1", "locked": {"rev": "c0ffee"}})
 
     def eval_json(self, installable: str, apply: str | None = None, timeout: float | None = None) -> Deferred[object]:
@@ -39,12 +43,18 @@ class FakeNix:
         self.applied = apply
         return fail(self.error) if self.error else succeed(self.probe)
 
-    def build(self, installable: str, timeout: float | None = None) -> Deferred[list[str]]:
+    def build(self, installable: str, timeout: float | None = None,
+              out_link: str | None = None) -> Deferred[list[str]]:
         self.asked.append("build " + installable)
         self.timeouts.append(timeout)
+        self.out_links.append(out_link)
         if self.error:
             return fail(self.error)
-        return succeed([self.outputs[installable.split("#", 1)[1]]])
+        output = self.outputs[installable.split("#", 1)[1]]
+        if out_link is not None:  # as Nix 2.8 does: <link> for out, <link>-<output> for the others
+            os.symlink(output, out_link)
+            os.symlink(output, out_link + "-dev")
+        return succeed([output])
 
     def closure(self, path: str, timeout: float | None = None) -> Deferred[list[Any]]:
         raise AssertionError("not used here")
@@ -203,9 +213,10 @@ def test_the_planned_lock_is_what_gets_built_and_one_deadline_spans_the_phase(tm
 
 def test_no_time_left_is_a_timeout(tmp_path: Path) -> None:
     class SlowMetadataNix(FakeNix):
-        def metadata(self, flake_ref: str, timeout: float | None = None) -> Deferred[dict[str, object]]:
+        def metadata(self, flake_ref: str, timeout: float | None = None,
+                     refresh: bool = False) -> Deferred[dict[str, object]]:
             clock.advance(61)
-            return super().metadata(flake_ref, timeout)
+            return super().metadata(flake_ref, timeout, refresh)
 
     clock = Clock()
     builder, _ = make_builder(SlowMetadataNix({}), tmp_path, clock)
@@ -216,3 +227,48 @@ def test_the_source_label_names_the_flake_without_credentials_query_or_host_path
     labels = _labels(target_for("hello"), "git+https://user:token@git.example/o/r?ref=main&access_token=x", {})
     assert labels["org.opencontainers.image.source"] == "git+https://<credentials>@git.example/o/r"
     assert _labels(target_for("hello"), "github:o/r/v1", {})["org.opencontainers.image.source"] == "github:o/r/v1"
+
+
+def test_each_output_is_held_by_a_gc_root_until_the_image_and_its_record_are_stored(tmp_path: Path) -> None:
+    archive = write_archive(tmp_path / "image.tar.gz")
+    nix = FakeNix({"hello.image": str(archive)})
+    builder, store = make_builder(nix, tmp_path)
+    builder.gc_roots = roots = GcRoots(str(tmp_path / "gcroots"))
+    held_while_recording: list[list[str]] = []
+
+    async def record(manifests: Any) -> None:
+        assert store.size(manifests.oci.digest) is not None
+        held_while_recording.append(roots.held())
+
+    plan = run(builder.plan(target_for("hello"), "path:/f", "latest"))
+    run(builder.build(plan, record))
+    [link] = nix.out_links
+    assert link is not None and os.path.dirname(link) == roots.directory
+    assert held_while_recording == [sorted([os.path.basename(link), os.path.basename(link) + "-dev"])]
+    assert roots.held() == []
+
+
+@pytest.mark.parametrize("breaks", ["ingest", "record"])
+def test_gc_roots_are_dropped_when_the_build_fails_after_nix(tmp_path: Path, breaks: str) -> None:
+    (tmp_path / "notes.txt").write_text("not an image")
+    good = write_archive(tmp_path / "image.tar.gz")
+    nix = FakeNix({"hello.image": str(tmp_path / "notes.txt" if breaks == "ingest" else good)})
+    builder, _ = make_builder(nix, tmp_path)
+    builder.gc_roots = roots = GcRoots(str(tmp_path / "gcroots"))
+
+    async def record(manifests: Any) -> None:
+        raise BuildFailed("the index is full")
+
+    plan = run(builder.plan(target_for("hello"), "path:/f", "latest"))
+    assert run(builder.build(plan, record)).check(BuildFailed)
+    assert nix.out_links[0] is not None
+    assert roots.held() == []
+
+
+def test_a_re_resolve_asks_nix_to_refresh_the_flake(tmp_path: Path) -> None:
+    nix = FakeNix({})
+    builder, _ = make_builder(nix, tmp_path)
+    run(builder.plan(target_for("hello"), "github:o/r/main", "main"))
+    run(builder.plan(target_for("hello"), "github:o/r/main", "main", refresh=True))
+    assert [ask for ask in nix.asked if ask.startswith("metadata")] == [
+        "metadata github:o/r/main", "metadata --refresh github:o/r/main"]

@@ -37,15 +37,17 @@ class FakeBuilder:
         self.fail_with: Exception | None = None
         self.plan_fails_with: Exception | None = None
         self.revision = 1
+        self.refreshed: list[bool] = []
 
-    async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan:
+    async def plan(self, target: BuildTarget, flake_ref: str, tag: str, refresh: bool = False) -> BuildPlan:
+        self.refreshed.append(refresh)
         self.plans.append(BuildPlan(target, tag, flake_ref, f"{flake_ref}?rev={self.revision}", {},
                                     revision=revision_hash(self.revision)))
         if self.plan_fails_with is not None:
             raise self.plan_fails_with
         return self.plans[-1]
 
-    async def build(self, plan: BuildPlan) -> ImageManifests:
+    async def build(self, plan: BuildPlan, stored: Any = None) -> ImageManifests:
         self.calls.append((plan.target.name, plan.flake_ref, plan.tag))
         gate: Deferred[None] = Deferred()
         self.pending.append(gate)
@@ -59,6 +61,8 @@ class FakeBuilder:
         manifests = build_manifests(config_digest, config_size, [layer])
         self.store.put(manifests.oci.body)
         self.store.put(manifests.docker.body)
+        if stored is not None:
+            await stored(manifests)
         return manifests
 
     def release(self) -> None:
@@ -372,7 +376,7 @@ def test_known_commit_tags_are_those_latest_or_an_allowed_branch_locked_for_any_
         builder.release()
         assert service.index.get("hello", commit) is not None
     assert result_of(service.resolve_tag("hello", revision_hash(3))).check(ManifestUnknown)
-    assert result_of(service.tags("hello")) == sorted([first, revision_hash(2)])
+    assert result_of(service.tags("hello")) == sorted([first, revision_hash(2), "latest"])
 
 
 def test_a_commit_locked_only_by_a_branch_no_longer_allowed_is_refused() -> None:

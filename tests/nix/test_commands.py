@@ -31,6 +31,20 @@ def dump(value: object) -> bytes:
 FEATURES = ["--extra-experimental-features", "nix-command flakes"]
 
 
+def test_build_argv_with_an_out_link_holds_a_gc_root_instead_of_no_link() -> None:
+    argv = build_argv("nix", "path:/f#hello", NixSettings(), out_link="/data/gcroots/build-1")
+    assert argv[:5] == ["nix", "build", "--json", "--out-link", "/data/gcroots/build-1"]
+    assert "--no-link" not in argv
+    assert argv[-2:] == ["--", "path:/f#hello"]
+
+
+def test_metadata_argv_refreshes_only_when_asked() -> None:
+    assert "--refresh" not in metadata_argv("nix", "github:o/r")
+    argv = metadata_argv("nix", "github:o/r/main", NixSettings(), refresh=True)
+    assert argv[:5] == ["nix", "flake", "metadata", "--json", "--refresh"]
+    assert argv[-2:] == ["--", "github:o/r/main"]
+
+
 def test_build_argv() -> None:
     argv = build_argv("/bin/nix", "path:/f#hello", NixSettings((("sandbox", "true"), ("cores", "2"))))
     assert argv == [
