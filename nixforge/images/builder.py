@@ -7,8 +7,10 @@ assembles the image. Each phase has the build timeout as one deadline shared by 
 
 from __future__ import annotations
 
+import copy
+import json
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from attrs import define, evolve, field, frozen
@@ -16,14 +18,17 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnknown
+from nixforge.errors import BuildFailed, BuildTimedOut, ForgeError, ManifestUnknown, NameUnknown
 from nixforge.images.image_script import ScriptRunner
-from nixforge.images.targets import BuildTarget
-from nixforge.nix.client import NixAttributeMissing, NixClient, NixError, NixRefUnknown, NixTimeout
+from nixforge.images.targets import BuildTarget, attribute_path
+from nixforge.nix.client import NixAttributeMissing, NixClient, NixError, NixRefUnknown, NixTimeout, StorePathInfo
 from nixforge.oci.closure_image import PackageMeta, assemble_closure_image
 from nixforge.oci.documents import ImageManifests
+from nixforge.oci.image_index import config_mismatch, platform_for
 from nixforge.oci.ingest import ingest_image
 from nixforge.oci.layer_cache import LayerCache
+from nixforge.oci.referrers import EMPTY_CONFIG, sbom_artifact
+from nixforge.oci.sbom import PackageFacts, created_at, spdx_sbom
 from nixforge.store.interfaces import IBlobStore
 
 log = Logger()
@@ -31,9 +36,13 @@ T = TypeVar("T")
 
 # Asked of a package before building it (one `nix eval`): is it a derivation at all (`packages` is
 # an attrset), does the flake give it an image, and what does it run?
+# The same eval reads what the SBOM says of the package itself: version, licenses (SPDX ids), homepage.
 PACKAGE_PROBE = (
     'p: { isDerivation = (p.type or null) == "derivation"; hasImage = p ? image;'
-    " mainProgram = p.meta.mainProgram or null; pname = p.pname or p.name or null; }"
+    " mainProgram = p.meta.mainProgram or null; pname = p.pname or null; version = p.version or null;"
+    " homepage = p.meta.homepage or null;"
+    " licenses = let l = p.meta.license or null; ls = if l == null then [] else if builtins.isList l"
+    " then l else [l]; in map (x: if builtins.isAttrs x then x.spdxId or null else null) ls; }"
 )
 # Asked of an application (one `nix eval`): has it containers, and do they list their images
 # (nixpkgs' linkFarm carries `entries`), so that one image can be built alone?
@@ -57,6 +66,15 @@ class BuildPlan:
     main_program: str | None = None
     has_entries: bool = False
     revision: str | None = None
+    system: str | None = None
+    facts: PackageFacts = field(factory=PackageFacts)
+    last_modified: int | None = None
+
+    def attribute(self, *more: str) -> str:
+        """The attribute path of the target (or below it): under `packages.<system>` when one is set."""
+        if self.system is None:
+            return self.target.path(*more)
+        return attribute_path("packages", self.system, self.target.attribute, *more)
 
 
 @define(eq=False)
@@ -74,27 +92,61 @@ class ImageBuilder:
     store_dir: str = "/nix/store"
 
     async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan:
-        """Lock the flake (`nix flake metadata`) and probe the target (one `nix eval`); no build yet."""
+        """Lock the flake (`nix flake metadata`) and probe `<attr>` as Nix finds it (one `nix eval`)."""
+        return (await self.plan_systems(target, flake_ref, tag, (None,)))[0]
+
+    async def plan_systems(
+        self, target: BuildTarget, flake_ref: str, tag: str, systems: Sequence[str | None]
+    ) -> list[BuildPlan]:
+        """Lock the flake once, then probe the target for each system (one `nix eval` each); no build.
+
+        For a system `s` the target is `packages.<s>.<attr>`; for None, `<attr>` as Nix finds it.
+        A probe that fails raises the registry's error, naming its system when there is one.
+        """
         deadline = self.clock.seconds() + self.timeout
 
-        async def probe() -> BuildPlan:
-            metadata = await self.nix.metadata(flake_ref, timeout=self._left(deadline))
+        async def probe(system: str | None, metadata: dict[str, object]) -> BuildPlan:
             url = metadata.get("url")
             locked = url if isinstance(url, str) else flake_ref
             labels = _labels(target, flake_ref, metadata)
-            plan = BuildPlan(target, tag, flake_ref, locked, labels, revision=locked_revision(metadata))
+            last_modified = metadata.get("lastModified")
+            plan = BuildPlan(target, tag, flake_ref, locked, labels, revision=locked_revision(metadata),
+                             system=system,
+                             last_modified=last_modified if isinstance(last_modified, int) else None)
             if target.kind == "application":
-                answer = await self._probe(f"{locked}#{target.path()}", APPLICATION_PROBE, deadline)
+                answer = await self._probe(f"{locked}#{plan.attribute()}", APPLICATION_PROBE, deadline)
                 return evolve(plan, has_entries=_application_entries(target, answer))
-            answer = await self._probe(f"{locked}#{target.path()}", PACKAGE_PROBE, deadline)
+            answer = await self._probe(f"{locked}#{plan.attribute()}", PACKAGE_PROBE, deadline)
             if answer.get("isDerivation") is not True:
                 raise NameUnknown("the flake has no such package: that attribute is not a derivation",
                                   {"name": target.name, "flake": flake_ref})
             main = answer.get("mainProgram")
             return evolve(plan, has_image=bool(answer.get("hasImage")),
-                          main_program=main if isinstance(main, str) else None)
+                          main_program=main if isinstance(main, str) else None, facts=_facts(answer))
 
-        return await self._mapped(probe, target, flake_ref, tag)
+        async def lock() -> dict[str, object]:
+            return await self.nix.metadata(flake_ref, timeout=self._left(deadline))
+
+        metadata = await self._mapped(lock, target, flake_ref, tag)
+        plans = []
+        for system in systems:
+            plans.append(await self._for_system(system, self._mapped(
+                lambda system=system: probe(system, metadata), target, flake_ref, tag)))
+        return plans
+
+    async def _for_system(self, system: str | None, step: Awaitable[T]) -> T:
+        """Await `step`; a registry error it raises names `system` (when there is one)."""
+        try:
+            return await step
+        except ForgeError as error:
+            if system is None:
+                raise
+            detail = error.detail if isinstance(error.detail, dict) else {"detail": error.detail}
+            named = copy.copy(error)
+            named.message = f"{error.message} (system {system})"
+            named.detail = {**detail, "system": system}
+            named.args = (named.message,)
+            raise named from error
 
     async def _probe(self, installable: str, apply: str, deadline: float) -> dict[str, Any]:
         answer = await self.nix.eval_json(installable, apply=apply, timeout=self._left(deadline))
@@ -106,8 +158,11 @@ class ImageBuilder:
         """Build the planned image, store its blobs and both manifests, and return them.
 
         Every nix command uses the locked reference, so one image comes from one revision even
-        while a branch moves.
+        while a branch moves. A failure names the plan's system, when it has one.
         """
+        return await self._for_system(plan.system, self._build(plan))
+
+    async def _build(self, plan: BuildPlan) -> ImageManifests:
         deadline = self.clock.seconds() + self.timeout
         target = plan.target
 
@@ -116,23 +171,30 @@ class ImageBuilder:
 
         async def run() -> ImageManifests:
             if target.kind == "application" and plan.has_entries:
-                outputs = await self.nix.build(installable(target.entry_path()), timeout=self._left(deadline))
+                assert target.image_file is not None
+                entry = plan.attribute("containers", "entries", target.image_file)
+                outputs = await self.nix.build(installable(entry), timeout=self._left(deadline))
                 path = self._in_store(outputs[0], target)
-                return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
+                return await self.run_in_thread(self._ingest, path, plan, deadline)
             if target.kind == "application":
-                outputs = await self.nix.build(installable(target.path("containers")), timeout=self._left(deadline))
+                outputs = await self.nix.build(installable(plan.attribute("containers")), timeout=self._left(deadline))
                 path = self._in_store(_application_image(target, outputs[0]), target)
-                return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
+                return await self.run_in_thread(self._ingest, path, plan, deadline)
             if plan.has_image:
-                outputs = await self.nix.build(installable(target.path("image")), timeout=self._left(deadline))
+                outputs = await self.nix.build(installable(plan.attribute("image")), timeout=self._left(deadline))
                 path = self._in_store(outputs[0], target)
-                return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
-            outputs = await self.nix.build(installable(target.path()), timeout=self._left(deadline))
+                # The SBOM lists what the image wraps: the package itself, already built as its input.
+                package = await self.nix.build(installable(plan.attribute()), timeout=self._left(deadline))
+                closure = await self.nix.closure(package[0], timeout=self._left(deadline))
+                manifests = await self.run_in_thread(self._ingest, path, plan, deadline)
+                return await self.run_in_thread(self._with_sbom, manifests, closure, package[0], plan)
+            outputs = await self.nix.build(installable(plan.attribute()), timeout=self._left(deadline))
             self._in_store(outputs[0], target)
             closure = await self.nix.closure(outputs[0], timeout=self._left(deadline))
             meta = PackageMeta(name=target.attribute, out_path=outputs[0],
                                main_program=plan.main_program, labels=plan.labels)
-            return await self.run_in_thread(self._assemble, closure, meta)
+            manifests = await self.run_in_thread(self._assemble, closure, meta, plan)
+            return await self.run_in_thread(self._with_sbom, manifests, closure, outputs[0], plan)
 
         return await self._mapped(run, target, plan.flake_ref, plan.tag)
 
@@ -174,30 +236,75 @@ class ImageBuilder:
         except NixError as error:
             raise BuildFailed("nix build failed", {"error": error.message, "log": error.log_tail}) from error
 
-    def _ingest(self, path: str, labels: dict[str, str], deadline: float) -> ImageManifests:
+    def _ingest(self, path: str, plan: BuildPlan, deadline: float) -> ImageManifests:
         """Worker thread: ingest a flake-built image and store both manifests.
 
         A streamLayeredImage output is a script that writes the docker-archive to stdout: it is run
         (argv, no shell, its own process group, killed at the deadline) and ingested as it streams.
         """
+        labels = plan.labels
         if self.scripts.is_script(path):
             manifests = self.scripts.ingest_output(self.store, path, labels, deadline - self.clock.seconds())
         else:
             manifests = ingest_image(self.store, path, labels)
+        if plan.system is not None:
+            self._check_platform(manifests, plan)
         return self._stored(manifests)
 
-    def _assemble(self, closure: Any, meta: PackageMeta) -> ImageManifests:
+    def _check_platform(self, manifests: ImageManifests, plan: BuildPlan) -> None:
+        """Refuse a flake-built image whose config names another platform than its system's."""
+        assert plan.system is not None
+        config_digest = json.loads(manifests.oci.body)["config"]["digest"]
+        config = json.loads(self.store.read(config_digest))
+        mismatch = config_mismatch(config if isinstance(config, dict) else {}, platform_for(plan.system))
+        if mismatch is not None:
+            raise BuildFailed(f"the image built for {plan.system} is for another platform: {mismatch}",
+                              {"name": plan.target.name, "system": plan.system})
+
+    def _assemble(self, closure: Any, meta: PackageMeta, plan: BuildPlan) -> ImageManifests:
         """Worker thread: assemble an image from a closure and store both manifests."""
+        platform = platform_for(plan.system) if plan.system is not None else None
         try:
-            manifests = assemble_closure_image(self.store, self.layer_cache, closure, meta, self.max_layers)
+            manifests = assemble_closure_image(self.store, self.layer_cache, closure, meta, self.max_layers,
+                                               platform=platform)
         except (ValueError, OSError) as error:
             raise BuildFailed("cannot assemble the image from the closure", {"error": str(error)}) from error
         return self._stored(manifests)
+
+    def _with_sbom(self, manifests: ImageManifests, closure: list[StorePathInfo], out_path: str,
+                   plan: BuildPlan) -> ImageManifests:
+        """Worker thread: store the closure's SPDX SBOM and one artifact per manifest form."""
+        created = created_at(plan.last_modified)
+        try:
+            document = spdx_sbom(closure, out_path, plan.facts, plan.target.name, created)
+        except ValueError as error:
+            raise BuildFailed("cannot write the image's SBOM", {"error": str(error)}) from error
+        sbom_digest, sbom_size = self.store.put(document)
+        self.store.put(EMPTY_CONFIG)
+        stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+        artifacts = tuple(sbom_artifact(subject, sbom_digest, sbom_size, stamp)
+                          for subject in (manifests.oci, manifests.docker))
+        for artifact in artifacts:
+            self.store.put(artifact.body)
+        return evolve(manifests, referrers=artifacts)
 
     def _stored(self, manifests: ImageManifests) -> ImageManifests:
         self.store.put(manifests.oci.body)
         self.store.put(manifests.docker.body)
         return manifests
+
+
+def _facts(answer: dict[str, Any]) -> PackageFacts:
+    """What the package probe said of the package, for its SBOM (None for what it didn't say)."""
+    def text(key: str) -> str | None:
+        value = answer.get(key)
+        return value if isinstance(value, str) and value else None
+
+    licenses = answer.get("licenses")
+    known = None
+    if isinstance(licenses, list) and licenses and all(isinstance(x, str) and x for x in licenses):
+        known = tuple(licenses)
+    return PackageFacts(pname=text("pname"), version=text("version"), licenses=known, homepage=text("homepage"))
 
 
 def _application_entries(target: BuildTarget, answer: dict[str, Any]) -> bool:

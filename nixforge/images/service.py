@@ -22,6 +22,8 @@ from nixforge.images.policy import AccessPolicy
 from nixforge.images.single_flight import SingleFlight
 from nixforge.images.targets import BuildTarget, flake_ref_for, is_immutable, target_for
 from nixforge.oci.documents import ImageManifests, ManifestDocument
+from nixforge.oci.image_index import Platform, stored_manifests
+from nixforge.oci.referrers import subject_digest
 from nixforge.store.interfaces import IBlobStore, ITagIndex, TagRecord
 
 log = Logger()
@@ -69,6 +71,7 @@ class ImageService:
     max_builds: int = 2
     max_queued_builds: int = 16
     cache_size: int = 50
+    host_platform: Platform | None = None
     _flights: SingleFlight = field(factory=SingleFlight, init=False)
     _slots: DeferredSemaphore = field(init=False)
     _probes: DeferredSemaphore = field(init=False)
@@ -169,10 +172,11 @@ class ImageService:
             built_at=self.reactor.seconds(),
             source=plan.locked,
             immutable=is_immutable(tag),
+            manifests=tuple(document.digest for document in manifests.related()),
         )
         await self.run_in_thread(self.index.put, record)
         self._refresh_failed_at.pop(key, None)
-        self._cache.add(manifests.oci, manifests.docker)
+        self._cache.add(manifests.oci, manifests.docker, *manifests.related())
         log.info("build finished {name}:{tag} in {seconds:.1f}s: {digest}", name=target.name, tag=tag,
                  seconds=self.reactor.seconds() - started, digest=manifests.oci.digest)
         return manifests
@@ -195,8 +199,12 @@ class ImageService:
     async def _load(self, record: TagRecord) -> ImageManifests:
         oci = await self._document(record.oci_digest)
         docker = await self._document(record.docker_digest)
-        self._cache.add(oci, docker)
-        return ImageManifests(oci=oci, docker=docker)
+        related = [await self._document(digest) for digest in record.manifests]
+        self._cache.add(oci, docker, *related)
+        try:
+            return stored_manifests(oci, docker, related, self.host_platform)
+        except (KeyError, ValueError, TypeError, AttributeError) as error:
+            raise ManifestUnknown("stored index is inconsistent", {"digest": oci.digest}) from error
 
     async def _document(self, digest: str) -> ManifestDocument:
         cached = self._cache.get(digest)
@@ -230,6 +238,26 @@ class ImageService:
         document = await self._document(digest)
         self._cache.add(document)
         return document
+
+    def referrers(self, name: str, digest: str) -> Deferred[list[ManifestDocument]]:
+        """The SBOM artifacts of `name`'s current tags whose subject is `digest` (none if unknown)."""
+        return ensureDeferred(self._referrers(name, digest))
+
+    async def _referrers(self, name: str, digest: str) -> list[ManifestDocument]:
+        self.policy.check_name(name)
+        found: dict[str, ManifestDocument] = {}
+        for tag in self.index.tags(name):
+            record = self.index.get(name, tag)
+            if record is None or not self.policy.allows_tag(tag) or digest not in record.digests():
+                continue
+            try:
+                manifests = await self._load(record)
+            except ForgeError:
+                continue  # an incomplete stored image has no referrers to show
+            for document in manifests.related():
+                if subject_digest(document) == digest:
+                    found[document.digest] = document
+        return [found[key] for key in sorted(found)]
 
     def blob(self, name: str, digest: str) -> Deferred[BlobFile]:
         """A stored blob of a repository this registry has built."""

@@ -43,9 +43,7 @@ class MemoryTagIndex:
         """Replace the record for (record.name, record.tag) and remember its digests."""
         with self._lock:
             self._records.setdefault(record.name, {})[record.tag] = record
-            self._history.setdefault(record.name, set()).update(
-                (record.oci_digest, record.docker_digest)
-            )
+            self._history.setdefault(record.name, set()).update(record.digests())
 
     def remember(self, name: str, digests: set[str] | frozenset[str]) -> None:
         """Add manifest digests of superseded records to `name`'s history."""
@@ -88,7 +86,10 @@ def _record_from_json(data: Any) -> TagRecord:
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
             raise ValueError(f"field {field!r} is missing or has the wrong type")
         fields[field] = value
-    return TagRecord(**fields)
+    manifests = data.get("manifests", [])  # absent in records written before image indexes
+    if not isinstance(manifests, list) or not all(isinstance(digest, str) for digest in manifests):
+        raise ValueError("field 'manifests' is not a list of digests")
+    return TagRecord(**fields, manifests=tuple(manifests))
 
 
 @implementer(ITagIndex)
@@ -151,7 +152,7 @@ class FilesystemTagIndex:
         """Durably write the history, then the record, then update memory. Blocks."""
         with self._write_lock:
             known = self._memory.manifest_digests(record.name)
-            digests = known | {record.oci_digest, record.docker_digest}
+            digests = known | record.digests()
             if digests != known:
                 self._write_json(
                     self.history_path(record.name),
