@@ -12,6 +12,7 @@ import attrs
 from attrs import frozen
 
 from nixforge.images.policy import COMMIT_TAG_MODES
+from nixforge.images.systems import parse_systems
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_FLAKE = "github:imincik/flake-forge"
@@ -195,6 +196,9 @@ SETTINGS: tuple[Setting, ...] = (
             "40-hex commit tags served: known (revisions nixforge locked from latest or an allowed ref), any, none."),
     Setting("script_user", "NIXFORGE_SCRIPT_USER", "script-user", "nobody", _user,
             "User that runs a flake's image script when nixforge runs as root."),
+    Setting("systems", "NIXFORGE_SYSTEMS", "systems", "", parse_systems,
+            "Comma-separated Nix systems each tag is built for (an image index when not just the host's); "
+            "empty: the host's system alone."),
 )
 
 
@@ -223,6 +227,7 @@ class ForgeConfig:
     refs: tuple[str, ...] = ("*",)
     commit_tags: str = "known"
     script_user: str = "nobody"
+    systems: tuple[str, ...] = ()
 
     @classmethod
     def from_sources(

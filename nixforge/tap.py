@@ -28,6 +28,7 @@ from nixforge.images.image_script import ScriptRunner
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.script_user import ScriptUser
 from nixforge.images.service import ImageService
+from nixforge.images.systems import SystemsBuilder, host_platform, host_system
 from nixforge.nix.client import NixClient
 from nixforge.oci.layer_cache import LayerCache
 from nixforge.store.filesystem import FilesystemBlobStore
@@ -186,12 +187,13 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                            run_in_thread=run_in_thread, clock=reactor, timeout=config.build_timeout,
                            max_layers=config.max_layers, scripts=scripts)
     _BuilderService(builder).setServiceParent(root)
+    systems = SystemsBuilder(builder, config.systems or (host_system(),), host_system())
     policy = AccessPolicy(flake=config.flake, revisions=FilesystemLockedRevisions(config.data_dir),
                           packages=config.packages, refs=config.refs, commit_tags=config.commit_tags)
     images = ImageService(
-        reactor=reactor, builder=builder, store=store, index=index, run_in_thread=run_in_thread,
+        reactor=reactor, builder=systems, store=store, index=index, run_in_thread=run_in_thread,
         flake=config.flake, policy=policy, refresh_interval=config.refresh_interval, max_builds=config.max_builds,
-        max_queued_builds=config.max_queued_builds, cache_size=config.cache_size,
+        max_queued_builds=config.max_queued_builds, cache_size=config.cache_size, host_platform=host_platform(),
     )
     api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length)
@@ -200,8 +202,8 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     if not config.endpoint.startswith("ssl:"):
         factory = RefuseTLSFactory(factory)
     _ListeningService(endpoint, factory).setServiceParent(root)
-    log.info("nixforge {version}: flake {flake}, data in {data_dir}", version=__version__,
-             flake=config.flake, data_dir=config.data_dir)
+    log.info("nixforge {version}: flake {flake}, data in {data_dir}, systems {systems}", version=__version__,
+             flake=config.flake, data_dir=config.data_dir, systems=",".join(systems.systems))
     log.info("serving packages {packages}, refs {refs}, commit tags {commit_tags}; image scripts run as "
              "{script_user}", packages=",".join(config.packages), refs=",".join(config.refs),
              commit_tags=config.commit_tags,

@@ -20,6 +20,7 @@ from nixforge.images.manifest_cache import ManifestCache
 from nixforge.images.missing_cache import MISSING_TTL, MissingCache
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.single_flight import SingleFlight
+from nixforge.images.systems import SystemsPlan
 from nixforge.images.targets import BuildTarget, flake_ref_for, is_immutable, target_for
 from nixforge.oci.documents import ImageManifests, ManifestDocument
 from nixforge.oci.image_index import Platform, stored_manifests
@@ -44,11 +45,11 @@ def failure_reason(error: BaseException) -> str:
 
 
 class Builder(Protocol):
-    """What the service needs of a builder (nixforge.images.builder.ImageBuilder)."""
+    """What the service needs of a builder (nixforge.images.systems.SystemsBuilder)."""
 
-    async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan: ...
+    async def plan(self, target: BuildTarget, flake_ref: str, tag: str) -> BuildPlan | SystemsPlan: ...
 
-    async def build(self, plan: BuildPlan) -> ImageManifests: ...
+    async def build(self, plan: BuildPlan | SystemsPlan) -> ImageManifests: ...
 
 
 @implementer(IImageService)
