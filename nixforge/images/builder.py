@@ -8,7 +8,6 @@ assembles the image. Each phase has the build timeout as one deadline shared by 
 from __future__ import annotations
 
 import copy
-import json
 import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -27,8 +26,8 @@ from nixforge.oci.documents import ImageManifests
 from nixforge.oci.image_index import config_mismatch, platform_for
 from nixforge.oci.ingest import ingest_image
 from nixforge.oci.layer_cache import LayerCache
-from nixforge.oci.referrers import EMPTY_CONFIG, sbom_artifact
-from nixforge.oci.sbom import PackageFacts, created_at, spdx_sbom
+from nixforge.oci.referrers import store_sbom
+from nixforge.oci.sbom import PackageFacts, created_at
 from nixforge.store.interfaces import IBlobStore
 
 log = Logger()
@@ -122,7 +121,7 @@ class ImageBuilder:
                                   {"name": target.name, "flake": flake_ref})
             main = answer.get("mainProgram")
             return evolve(plan, has_image=bool(answer.get("hasImage")),
-                          main_program=main if isinstance(main, str) else None, facts=_facts(answer))
+                          main_program=main if isinstance(main, str) else None, facts=PackageFacts.from_probe(answer))
 
         async def lock() -> dict[str, object]:
             return await self.nix.metadata(flake_ref, timeout=self._left(deadline))
@@ -248,18 +247,11 @@ class ImageBuilder:
         else:
             manifests = ingest_image(self.store, path, labels)
         if plan.system is not None:
-            self._check_platform(manifests, plan)
+            mismatch = config_mismatch(self.store, manifests, platform_for(plan.system))
+            if mismatch is not None:
+                raise BuildFailed(f"the image built for {plan.system} is for another platform: {mismatch}",
+                                  {"name": plan.target.name, "system": plan.system})
         return self._stored(manifests)
-
-    def _check_platform(self, manifests: ImageManifests, plan: BuildPlan) -> None:
-        """Refuse a flake-built image whose config names another platform than its system's."""
-        assert plan.system is not None
-        config_digest = json.loads(manifests.oci.body)["config"]["digest"]
-        config = json.loads(self.store.read(config_digest))
-        mismatch = config_mismatch(config if isinstance(config, dict) else {}, platform_for(plan.system))
-        if mismatch is not None:
-            raise BuildFailed(f"the image built for {plan.system} is for another platform: {mismatch}",
-                              {"name": plan.target.name, "system": plan.system})
 
     def _assemble(self, closure: Any, meta: PackageMeta, plan: BuildPlan) -> ImageManifests:
         """Worker thread: assemble an image from a closure and store both manifests."""
@@ -273,38 +265,17 @@ class ImageBuilder:
 
     def _with_sbom(self, manifests: ImageManifests, closure: list[StorePathInfo], out_path: str,
                    plan: BuildPlan) -> ImageManifests:
-        """Worker thread: store the closure's SPDX SBOM and one artifact per manifest form."""
-        created = created_at(plan.last_modified)
+        """Worker thread: store the closure's SBOM and its artifact manifests (BuildFailed if it can't)."""
         try:
-            document = spdx_sbom(closure, out_path, plan.facts, plan.target.name, created)
+            return store_sbom(self.store, manifests, closure, out_path, plan.facts, plan.target.name,
+                              created_at(plan.last_modified))
         except ValueError as error:
             raise BuildFailed("cannot write the image's SBOM", {"error": str(error)}) from error
-        sbom_digest, sbom_size = self.store.put(document)
-        self.store.put(EMPTY_CONFIG)
-        stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
-        artifacts = tuple(sbom_artifact(subject, sbom_digest, sbom_size, stamp)
-                          for subject in (manifests.oci, manifests.docker))
-        for artifact in artifacts:
-            self.store.put(artifact.body)
-        return evolve(manifests, referrers=artifacts)
 
     def _stored(self, manifests: ImageManifests) -> ImageManifests:
         self.store.put(manifests.oci.body)
         self.store.put(manifests.docker.body)
         return manifests
-
-
-def _facts(answer: dict[str, Any]) -> PackageFacts:
-    """What the package probe said of the package, for its SBOM (None for what it didn't say)."""
-    def text(key: str) -> str | None:
-        value = answer.get(key)
-        return value if isinstance(value, str) and value else None
-
-    licenses = answer.get("licenses")
-    known = None
-    if isinstance(licenses, list) and licenses and all(isinstance(x, str) and x for x in licenses):
-        known = tuple(licenses)
-    return PackageFacts(pname=text("pname"), version=text("version"), licenses=known, homepage=text("homepage"))
 
 
 def _application_entries(target: BuildTarget, answer: dict[str, Any]) -> bool:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
-from typing import Any
 
 from attrs import frozen
 
 from nixforge.oci import media_types as mt
 from nixforge.oci.documents import ImageManifests, ManifestDocument, canonical_json
 from nixforge.oci.referrers import descriptor, subject_digest
+from nixforge.store.interfaces import IBlobStore
 
 # A Nix system: `<cpu>-<kernel>`, e.g. x86_64-linux, aarch64-linux, armv7l-linux.
 SYSTEM = re.compile(r"[a-z0-9_]+-[a-z0-9_]+")
@@ -57,13 +57,14 @@ def platform_for(system: str) -> Platform:
     return Platform(_KERNELS[kernel], architecture, variant)
 
 
-def config_mismatch(config: dict[str, Any], platform: Platform) -> str | None:
-    """Say how an image config's os/architecture/variant contradict `platform`; None if they don't.
+def config_mismatch(store: IBlobStore, image: ImageManifests, platform: Platform) -> str | None:
+    """Say how a stored image's config contradicts `platform` (os, architecture, variant); None if not.
 
-    A key the config leaves out contradicts nothing; an arm64 config without a variant is v8.
+    A key the config leaves out contradicts nothing (a flake's arm64 image often names no variant).
     """
+    config = json.loads(store.read(json.loads(image.oci.body)["config"]["digest"]))
     for key, expected in platform.as_json().items():
-        found = config.get(key)
+        found = config.get(key) if isinstance(config, dict) else None
         if found is not None and found != expected:
             return f"its config says {key} {found!r}, the system needs {expected!r}"
     return None

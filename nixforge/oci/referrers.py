@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
+from attrs import evolve
+
 from nixforge.oci import media_types as mt
-from nixforge.oci.documents import ManifestDocument, canonical_json
+from nixforge.oci.documents import ImageManifests, ManifestDocument, canonical_json
+from nixforge.oci.sbom import ClosurePath, PackageFacts, spdx_sbom
+from nixforge.store.interfaces import IBlobStore
 
 EMPTY_CONFIG = b"{}"
 CREATED_ANNOTATION = "org.opencontainers.image.created"
@@ -32,6 +37,22 @@ def sbom_artifact(subject: ManifestDocument, sbom_digest: str, sbom_size: int, c
         "annotations": {CREATED_ANNOTATION: created},
     }
     return ManifestDocument(mt.OCI_MANIFEST, canonical_json(manifest))
+
+
+def store_sbom(
+    store: IBlobStore, image: ImageManifests, closure: Sequence[ClosurePath], out_path: str,
+    facts: PackageFacts, name: str, created: datetime,
+) -> ImageManifests:
+    """Store `closure`'s SPDX document and one artifact per manifest form of `image`; return `image`
+    with them as its referrers. Blocking; ValueError when the closure can't be described."""
+    document = spdx_sbom(closure, out_path, facts, name, created)
+    sbom_digest, sbom_size = store.put(document)
+    store.put(EMPTY_CONFIG)
+    stamp = created.strftime("%Y-%m-%dT%H:%M:%SZ")
+    artifacts = tuple(sbom_artifact(subject, sbom_digest, sbom_size, stamp) for subject in (image.oci, image.docker))
+    for artifact in artifacts:
+        store.put(artifact.body)
+    return evolve(image, referrers=artifacts)
 
 
 def subject_digest(document: ManifestDocument) -> str | None:

@@ -15,6 +15,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from attrs import frozen
 from license_expression import get_spdx_licensing
@@ -32,10 +33,9 @@ from spdx_tools.spdx.model import (
     SpdxNoAssertion,
 )
 
-from nixforge.nix.commands import StorePathInfo
-from nixforge.nix.nar_hash import nar_hash_hex
 from nixforge.oci import media_types as mt
 from nixforge.oci.documents import canonical_json
+from nixforge.oci.nar_hash import nar_hash_hex
 
 SPDX_MEDIA_TYPE = mt.SPDX_JSON
 TOOL = "nixforge-0.1.0"
@@ -43,6 +43,19 @@ NAMESPACE_BASE = "https://nixforge.invalid/spdx/"
 # parseDrvName: the version starts at the first dash followed by a character that is not a letter.
 _VERSION_START = re.compile(r"-(?=[^A-Za-z])")
 _NOT_ID = re.compile(r"[^A-Za-z0-9.-]")
+
+
+class ClosurePath(Protocol):
+    """One store path of a closure, as `nixforge.nix.commands.StorePathInfo` has it."""
+
+    @property
+    def path(self) -> str: ...
+
+    @property
+    def references(self) -> tuple[str, ...]: ...
+
+    @property
+    def nar_hash(self) -> str: ...
 
 
 @frozen
@@ -53,6 +66,19 @@ class PackageFacts:
     version: str | None = None
     licenses: tuple[str, ...] | None = None
     homepage: str | None = None
+
+    @classmethod
+    def from_probe(cls, answer: dict[str, Any]) -> PackageFacts:
+        """The facts in the plan's package probe (`pname`, `version`, `licenses`, `homepage`)."""
+        def text(key: str) -> str | None:
+            value = answer.get(key)
+            return value if isinstance(value, str) and value else None
+
+        licenses = answer.get("licenses")
+        known = None
+        if isinstance(licenses, list) and licenses and all(isinstance(x, str) and x for x in licenses):
+            known = tuple(licenses)
+        return cls(pname=text("pname"), version=text("version"), licenses=known, homepage=text("homepage"))
 
 
 def split_name(path: str) -> tuple[str, str | None]:
@@ -76,7 +102,7 @@ def created_at(timestamp: int | None) -> datetime:
     return datetime.fromtimestamp(timestamp or 0, UTC).replace(tzinfo=None)
 
 
-def _content_hash(closure: Sequence[StorePathInfo], out_path: str, top: PackageFacts, name: str,
+def _content_hash(closure: Sequence[ClosurePath], out_path: str, top: PackageFacts, name: str,
                   created: datetime) -> str:
     facts = {
         "name": name,
@@ -87,7 +113,7 @@ def _content_hash(closure: Sequence[StorePathInfo], out_path: str, top: PackageF
     return hashlib.sha256(canonical_json(facts)).hexdigest()
 
 
-def build_document(closure: Sequence[StorePathInfo], out_path: str, top: PackageFacts, name: str,
+def build_document(closure: Sequence[ClosurePath], out_path: str, top: PackageFacts, name: str,
                    created: datetime) -> Document:
     """The spdx-tools Document of `closure`, describing `out_path` (a member of it)."""
     paths = {info.path for info in closure}
@@ -138,7 +164,7 @@ def build_document(closure: Sequence[StorePathInfo], out_path: str, top: Package
     return Document(creation, packages=packages, relationships=relationships)
 
 
-def spdx_sbom(closure: Sequence[StorePathInfo], out_path: str, top: PackageFacts, name: str,
+def spdx_sbom(closure: Sequence[ClosurePath], out_path: str, top: PackageFacts, name: str,
               created: datetime) -> bytes:
     """The SPDX 2.3 JSON bytes of `closure`'s bill of materials (same inputs, same bytes)."""
     document = build_document(closure, out_path, top, name, created)

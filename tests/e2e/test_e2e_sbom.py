@@ -21,7 +21,7 @@ from e2e_support import (
 from spdx_tools.spdx.parser.jsonlikedict.json_like_dict_parser import JsonLikeDictParser
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
-from nixforge.nix.nar_hash import nar_hash_hex
+from nixforge.oci.nar_hash import nar_hash_hex
 
 SPDX = "application/spdx+json"
 EMPTY = "application/vnd.oci.empty.v1+json"

@@ -10,7 +10,7 @@ from spdx_tools.spdx.parser.jsonlikedict.json_like_dict_parser import JsonLikeDi
 from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from nixforge.nix.commands import StorePathInfo
-from nixforge.nix.nar_hash import nar_hash_hex
+from nixforge.oci.nar_hash import nar_hash_hex
 from nixforge.oci.sbom import PackageFacts, created_at, spdx_id, spdx_sbom, split_name
 
 TOP = "/nix/store/28gjjngwmzc10xby5f8czyia49mvxbr5-hello-2.12.1"

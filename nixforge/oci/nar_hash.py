@@ -1,4 +1,4 @@
-"""Nix's NAR hashes (`sha256:<base32>`, `sha256:<hex>`, SRI `sha256-<base64>`) as lowercase hex."""
+"""Nix's NAR hashes (`sha256:<base32>`, `sha256:<hex>`, SRI `sha256-<base64>`) as hex, for SBOM checksums."""
 
 from __future__ import annotations
 
