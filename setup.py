@@ -21,6 +21,7 @@ setup(
         "attrs>=23.1",
         "zope.interface>=6.0",
         "bcrypt>=4.0",
+        "spdx-tools>=0.8.2",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6"],

@@ -12,6 +12,7 @@ import attrs
 from attrs import frozen
 
 from nixforge.images.policy import COMMIT_TAG_MODES
+from nixforge.images.systems import parse_systems
 from nixforge.refresh_access import parse_refresh_from
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
@@ -267,6 +268,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a failed build (or timeout) is answered from memory, without Nix (0: never)."),
     Setting("refresh_from", "NIXFORGE_REFRESH_FROM", "refresh-from", "loopback", parse_refresh_from,
             "Clients allowed to POST /-/refresh: loopback, any, or comma-separated CIDRs (e.g. 10.0.0.0/8)."),
+    Setting("systems", "NIXFORGE_SYSTEMS", "systems", "", parse_systems,
+            "Comma-separated Nix systems each tag is built for (an image index when not just the host's); "
+            "empty: the host's system alone."),
 )
 
 
@@ -307,6 +311,7 @@ class ForgeConfig:
     script_user: str = "nobody"
     failure_ttl: float = 60.0
     refresh_from: tuple[str, ...] = ("loopback",)
+    systems: tuple[str, ...] = ()
 
     @classmethod
     def from_sources(

@@ -28,11 +28,12 @@ from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.api.refresh import body_limit as refresh_body_limit
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
 from nixforge.images.builder import ImageBuilder
-from nixforge.images.catalog import FlakeCatalog, host_system
+from nixforge.images.catalog import FlakeCatalog
 from nixforge.images.image_script import ScriptRunner
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.script_user import ScriptUser
 from nixforge.images.service import ImageService
+from nixforge.images.systems import SystemsBuilder, host_platform, host_system
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.layer_cache import LayerCache
@@ -204,13 +205,15 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                            run_in_thread=run_in_thread, clock=reactor, timeout=config.build_timeout,
                            max_layers=config.max_layers, scripts=scripts, gc_roots=gc_roots)
     _BuilderService(builder).setServiceParent(root)
+    host = host_system(config.nix_options)
+    systems = SystemsBuilder(builder, config.systems or (host,), host)
     policy = AccessPolicy(flake=config.flake, revisions=FilesystemLockedRevisions(config.data_dir),
                           packages=config.packages, refs=config.refs, commit_tags=config.commit_tags)
     images = ImageService(
-        reactor=reactor, builder=builder, store=store, index=index, run_in_thread=run_in_thread,
+        reactor=reactor, builder=systems, store=store, index=index, run_in_thread=run_in_thread,
         flake=config.flake, policy=policy, refresh_interval=config.refresh_interval, max_builds=config.max_builds,
         max_queued_builds=config.max_queued_builds, cache_size=config.cache_size, keeper=gc,
-        catalog=FlakeCatalog(nix, host_system(config.nix_options), timeout=config.build_timeout),
+        catalog=FlakeCatalog(nix, host, timeout=config.build_timeout), host_platform=host_platform(),
         failure_ttl=config.failure_ttl,
     )
     api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
@@ -224,8 +227,8 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                     body_limit=refresh_body_limit)
     factory = site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site)
     _ListeningService(endpoint, factory).setServiceParent(root)
-    log.info("nixforge {version}: flake {flake}, data in {data_dir}, store cap {cap}", version=__version__,
-             flake=config.flake, data_dir=config.data_dir,
+    log.info("nixforge {version}: flake {flake}, data in {data_dir}, store cap {cap}, systems {systems}",
+             version=__version__, flake=config.flake, data_dir=config.data_dir, systems=",".join(systems.systems),
              cap="none" if config.max_store_size is None else f"{config.max_store_size} bytes")
     log.info("serving packages {packages}, refs {refs}, commit tags {commit_tags}; image scripts run as "
              "{script_user}", packages=",".join(config.packages), refs=",".join(config.refs),

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from nixforge.config import ConfigError, ForgeConfig
+from nixforge.images.systems import host_system
 from nixforge.tap import Options, config_or_exit
 
 
@@ -88,12 +89,21 @@ def test_state_directory_is_the_default_data_dir() -> None:
     ("NIXFORGE_MAX_LAYERS", "1"), ("NIXFORGE_ACCEPT_FLAKE_CONFIG", "maybe"),
     ("NIXFORGE_MAX_STORE_SIZE", "20X"), ("NIXFORGE_MAX_STORE_SIZE", "-5G"), ("NIXFORGE_MAX_STORE_SIZE", "0"),
     ("NIXFORGE_RETENTION", "a week"), ("NIXFORGE_RETENTION", "-1d"), ("NIXFORGE_GC_INTERVAL", "0"),
+    ("NIXFORGE_SYSTEMS", "x86_64"), ("NIXFORGE_SYSTEMS", "x86_64-linux,x86_64-linux"),
+    ("NIXFORGE_SYSTEMS", "sparc-linux"),
 ])
 def test_bad_values_are_refused_with_one_line(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
         ForgeConfig.from_sources({variable: value})
     assert variable in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_systems_default_to_the_host_and_the_option_wins() -> None:
+    assert ForgeConfig.from_sources({}).systems == (host_system(),)
+    environ = {"NIXFORGE_SYSTEMS": "x86_64-linux,aarch64-linux"}
+    assert ForgeConfig.from_sources(environ).systems == ("x86_64-linux", "aarch64-linux")
+    assert ForgeConfig.from_sources(environ, {"systems": "aarch64-linux"}).systems == ("aarch64-linux",)
 
 
 def test_bad_endpoint_exits_before_listening() -> None:

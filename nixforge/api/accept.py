@@ -84,10 +84,15 @@ def choose_manifest(accept_headers: Iterable[str], manifests: ImageManifests) ->
     OCI is served unless the client gives the Docker form a strictly higher q-value (which includes
     accepting only Docker). No Accept header, or one that accepts neither form (say, only schema1),
     gets OCI too: we never 404 a manifest that exists because of Accept (distribution would, for OCI).
+    An image index goes to a client that accepts either index type; one that accepts neither gets
+    the host's image (as distribution gives old clients the default platform's manifest).
     """
     ranges = parse_accept(accept_headers)
     if not ranges:
         return manifests.oci
+    if manifests.is_index and max(quality_of(ranges, manifests.oci.media_type),
+                                  quality_of(ranges, manifests.docker.media_type)) == 0:
+        return choose_manifest(accept_headers, manifests.host_image())
     oci_quality = quality_of(ranges, manifests.oci.media_type)
     docker_quality = quality_of(ranges, manifests.docker.media_type)
     if docker_quality > oci_quality:

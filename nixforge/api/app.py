@@ -21,6 +21,7 @@ from nixforge.api.pagination import next_link, paginate, parse_page_request
 from nixforge.api.refresh import refresh
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
+from nixforge.oci.referrers import referrers_index
 from nixforge.references import Digest, parse_digest, parse_reference, validate_name
 from nixforge.refresh_access import RefreshAccess
 
@@ -185,7 +186,7 @@ class RegistryApi:
         if kind == "blobs":
             return await self._blob(request, name, argument)
         if kind == "referrers":
-            return self._referrers(request, name, argument)
+            return await self._referrers(request, name, argument)
         return await self._tags(request, name)
 
     async def _manifest(self, request: IRequest, name: str, reference: str) -> bytes:
@@ -222,12 +223,15 @@ class RegistryApi:
         await BlobProducer(request, blob.open(), offset, length, self._schedule).start()
         return None
 
-    def _referrers(self, request: IRequest, name: str, digest_text: str) -> bytes:
-        parse_digest(digest_text)
-        if request.args.get(b"artifactType"):
+    async def _referrers(self, request: IRequest, name: str, digest_text: str) -> bytes:
+        """An image index of the artifacts whose subject is the digest, filtered by `?artifactType=`."""
+        digest = parse_digest(digest_text)
+        artifacts = await self._images.referrers(name, str(digest))
+        wanted = request.args.get(b"artifactType")
+        artifact_type = wanted[0].decode("utf-8", errors="replace") if wanted else None
+        if artifact_type is not None:
             request.setHeader(b"OCI-Filters-Applied", b"artifactType")
-        index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}
-        return self._json(request, index, mt.OCI_INDEX)
+        return self._json(request, referrers_index(artifacts, artifact_type), mt.OCI_INDEX)
 
     async def _tags(self, request: IRequest, name: str) -> bytes:
         page_request = parse_page_request(request.args)

@@ -7,9 +7,10 @@ assembles the image. Each phase has the build timeout as one deadline shared by 
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from attrs import define, evolve, field, frozen
@@ -17,15 +18,18 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnknown
+from nixforge.errors import BuildFailed, BuildTimedOut, ForgeError, ManifestUnknown, NameUnknown
 from nixforge.images.image_script import ScriptRunner
-from nixforge.images.targets import BuildTarget
-from nixforge.nix.client import NixAttributeMissing, NixClient, NixError, NixRefUnknown, NixTimeout
+from nixforge.images.targets import BuildTarget, attribute_path
+from nixforge.nix.client import NixAttributeMissing, NixClient, NixError, NixRefUnknown, NixTimeout, StorePathInfo
 from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.closure_image import PackageMeta, assemble_closure_image
 from nixforge.oci.documents import ImageManifests
+from nixforge.oci.image_index import config_mismatch, platform_for
 from nixforge.oci.ingest import ingest_image
 from nixforge.oci.layer_cache import LayerCache
+from nixforge.oci.referrers import store_sbom
+from nixforge.oci.sbom import PackageFacts, created_at
 from nixforge.redaction import redact_flake_ref
 from nixforge.store.interfaces import IBlobStore
 
@@ -35,9 +39,13 @@ Stored = Callable[[ImageManifests], Awaitable[None]]
 
 # Asked of a package before building it (one `nix eval`): is it a derivation at all (`packages` is
 # an attrset), does the flake give it an image, and what does it run?
+# The same eval reads what the SBOM says of the package itself: version, licenses (SPDX ids), homepage.
 PACKAGE_PROBE = (
     'p: { isDerivation = (p.type or null) == "derivation"; hasImage = p ? image;'
-    " mainProgram = p.meta.mainProgram or null; pname = p.pname or p.name or null; }"
+    " mainProgram = p.meta.mainProgram or null; pname = p.pname or null; version = p.version or null;"
+    " homepage = p.meta.homepage or null;"
+    " licenses = let l = p.meta.license or null; ls = if l == null then [] else if builtins.isList l"
+    " then l else [l]; in map (x: if builtins.isAttrs x then x.spdxId or null else null) ls; }"
 )
 # Asked of an application (one `nix eval`): has it containers, and do they list their images
 # (nixpkgs' linkFarm carries `entries`), so that one image can be built alone?
@@ -61,6 +69,15 @@ class BuildPlan:
     main_program: str | None = None
     has_entries: bool = False
     revision: str | None = None
+    system: str | None = None
+    facts: PackageFacts = field(factory=PackageFacts)
+    last_modified: int | None = None
+
+    def attribute(self, *more: str) -> str:
+        """The attribute path of the target (or below it): under `packages.<system>` when one is set."""
+        if self.system is None:
+            return self.target.path(*more)
+        return attribute_path("packages", self.system, self.target.attribute, *more)
 
 
 @define(eq=False)
@@ -80,30 +97,64 @@ class ImageBuilder:
     gc_roots: GcRoots | None = None
 
     async def plan(self, target: BuildTarget, flake_ref: str, tag: str, refresh: bool = False) -> BuildPlan:
-        """Lock the flake (`nix flake metadata`) and probe the target (one `nix eval`); no build yet.
+        """Lock the flake (`nix flake metadata`) and probe `<attr>` as Nix finds it (one `nix eval`).
 
         `refresh` (a moving tag resolved again) makes Nix fetch the flake again (`--refresh`).
         """
+        return (await self.plan_systems(target, flake_ref, tag, (None,), refresh))[0]
+
+    async def plan_systems(
+        self, target: BuildTarget, flake_ref: str, tag: str, systems: Sequence[str | None], refresh: bool = False
+    ) -> list[BuildPlan]:
+        """Lock the flake once, then probe the target for each system (one `nix eval` each); no build.
+
+        For a system `s` the target is `packages.<s>.<attr>`; for None, `<attr>` as Nix finds it.
+        A probe that fails raises the registry's error, naming its system when there is one.
+        """
         deadline = self.clock.seconds() + self.timeout
 
-        async def probe() -> BuildPlan:
-            metadata = await self.nix.metadata(flake_ref, timeout=self._left(deadline), refresh=refresh)
+        async def probe(system: str | None, metadata: dict[str, object]) -> BuildPlan:
             url = metadata.get("url")
             locked = url if isinstance(url, str) else flake_ref
             labels = _labels(target, flake_ref, metadata)
-            plan = BuildPlan(target, tag, flake_ref, locked, labels, revision=locked_revision(metadata))
+            last_modified = metadata.get("lastModified")
+            plan = BuildPlan(target, tag, flake_ref, locked, labels, revision=locked_revision(metadata),
+                             system=system,
+                             last_modified=last_modified if isinstance(last_modified, int) else None)
             if target.kind == "application":
-                answer = await self._probe(f"{locked}#{target.path()}", APPLICATION_PROBE, deadline)
+                answer = await self._probe(f"{locked}#{plan.attribute()}", APPLICATION_PROBE, deadline)
                 return evolve(plan, has_entries=_application_entries(target, answer))
-            answer = await self._probe(f"{locked}#{target.path()}", PACKAGE_PROBE, deadline)
+            answer = await self._probe(f"{locked}#{plan.attribute()}", PACKAGE_PROBE, deadline)
             if answer.get("isDerivation") is not True:
                 raise NameUnknown("the flake has no such package: that attribute is not a derivation",
                                   {"name": target.name, "flake": flake_ref})
             main = answer.get("mainProgram")
             return evolve(plan, has_image=bool(answer.get("hasImage")),
-                          main_program=main if isinstance(main, str) else None)
+                          main_program=main if isinstance(main, str) else None, facts=PackageFacts.from_probe(answer))
 
-        return await self._mapped(probe, target, flake_ref, tag)
+        async def lock() -> dict[str, object]:
+            return await self.nix.metadata(flake_ref, timeout=self._left(deadline), refresh=refresh)
+
+        metadata = await self._mapped(lock, target, flake_ref, tag)
+        plans = []
+        for system in systems:
+            plans.append(await self._for_system(system, self._mapped(
+                lambda system=system: probe(system, metadata), target, flake_ref, tag)))
+        return plans
+
+    async def _for_system(self, system: str | None, step: Awaitable[T]) -> T:
+        """Await `step`; a registry error it raises names `system` (when there is one)."""
+        try:
+            return await step
+        except ForgeError as error:
+            if system is None:
+                raise
+            detail = error.detail if isinstance(error.detail, dict) else {"detail": error.detail}
+            named = copy.copy(error)
+            named.message = f"{error.message} (system {system})"
+            named.detail = {**detail, "system": system}
+            named.args = (named.message,)
+            raise named from error
 
     async def _probe(self, installable: str, apply: str, deadline: float) -> dict[str, Any]:
         answer = await self.nix.eval_json(installable, apply=apply, timeout=self._left(deadline))
@@ -115,10 +166,13 @@ class ImageBuilder:
         """Build the planned image, store its blobs and both manifests, and return them.
 
         Every nix command uses the locked reference, so one image comes from one revision even
-        while a branch moves. Each output is held by a GC root (`gc_roots`) until the image is
-        stored and `stored(manifests)` (the caller's tag record) has run; the roots go on failure
-        and timeout too.
+        while a branch moves. A failure names the plan's system, when it has one. Each output is
+        held by a GC root (`gc_roots`) until the image is stored and `stored(manifests)` (the
+        caller's tag record) has run; the roots go on failure and timeout too.
         """
+        return await self._for_system(plan.system, self._build(plan, stored))
+
+    async def _build(self, plan: BuildPlan, stored: Stored | None) -> ImageManifests:
         deadline = self.clock.seconds() + self.timeout
         target = plan.target
         links: list[str] = []
@@ -131,23 +185,30 @@ class ImageBuilder:
 
         async def run() -> ImageManifests:
             if target.kind == "application" and plan.has_entries:
-                outputs = await nix_build(target.entry_path())
+                assert target.image_file is not None
+                entry = plan.attribute("containers", "entries", target.image_file)
+                outputs = await nix_build(entry)
                 path = self._in_store(outputs[0], target)
-                return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
+                return await self.run_in_thread(self._ingest, path, plan, deadline)
             if target.kind == "application":
-                outputs = await nix_build(target.path("containers"))
+                outputs = await nix_build(plan.attribute("containers"))
                 path = self._in_store(_application_image(target, outputs[0]), target)
-                return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
+                return await self.run_in_thread(self._ingest, path, plan, deadline)
             if plan.has_image:
-                outputs = await nix_build(target.path("image"))
+                outputs = await nix_build(plan.attribute("image"))
                 path = self._in_store(outputs[0], target)
-                return await self.run_in_thread(self._ingest, path, plan.labels, deadline)
-            outputs = await nix_build(target.path())
+                # The SBOM lists what the image wraps: the package itself, already built as its input.
+                package = await nix_build(plan.attribute())
+                closure = await self.nix.closure(package[0], timeout=self._left(deadline))
+                manifests = await self.run_in_thread(self._ingest, path, plan, deadline)
+                return await self.run_in_thread(self._with_sbom, manifests, closure, package[0], plan)
+            outputs = await nix_build(plan.attribute())
             self._in_store(outputs[0], target)
             closure = await self.nix.closure(outputs[0], timeout=self._left(deadline))
             meta = PackageMeta(name=target.attribute, out_path=outputs[0],
                                main_program=plan.main_program, labels=plan.labels)
-            return await self.run_in_thread(self._assemble, closure, meta)
+            manifests = await self.run_in_thread(self._assemble, closure, meta, plan)
+            return await self.run_in_thread(self._with_sbom, manifests, closure, outputs[0], plan)
 
         async def run_and_record() -> ImageManifests:
             manifests = await run()
@@ -200,26 +261,42 @@ class ImageBuilder:
         except NixError as error:
             raise BuildFailed("nix build failed", {"error": error.message, "log": error.log_tail}) from error
 
-    def _ingest(self, path: str, labels: dict[str, str], deadline: float) -> ImageManifests:
+    def _ingest(self, path: str, plan: BuildPlan, deadline: float) -> ImageManifests:
         """Worker thread: ingest a flake-built image and store both manifests.
 
         A streamLayeredImage output is a script that writes the docker-archive to stdout: it is run
         (argv, no shell, its own process group, killed at the deadline) and ingested as it streams.
         """
+        labels = plan.labels
         if self.scripts.is_script(path):
             manifests = self.scripts.ingest_output(self.store, path, labels, deadline - self.clock.seconds())
         else:
             manifests = ingest_image(self.store, path, labels)
+        if plan.system is not None:
+            mismatch = config_mismatch(self.store, manifests, platform_for(plan.system))
+            if mismatch is not None:
+                raise BuildFailed(f"the image built for {plan.system} is for another platform: {mismatch}",
+                                  {"name": plan.target.name, "system": plan.system})
         return self._stored(manifests)
 
-    def _assemble(self, closure: Any, meta: PackageMeta) -> ImageManifests:
+    def _assemble(self, closure: Any, meta: PackageMeta, plan: BuildPlan) -> ImageManifests:
         """Worker thread: assemble an image from a closure and store both manifests."""
+        platform = platform_for(plan.system) if plan.system is not None else None
         try:
             manifests = assemble_closure_image(self.store, self.layer_cache, closure, meta, self.max_layers,
-                                               cancel=self.cancel)
+                                               cancel=self.cancel, platform=platform)
         except (ValueError, OSError) as error:
             raise BuildFailed("cannot assemble the image from the closure", {"error": str(error)}) from error
         return self._stored(manifests)
+
+    def _with_sbom(self, manifests: ImageManifests, closure: list[StorePathInfo], out_path: str,
+                   plan: BuildPlan) -> ImageManifests:
+        """Worker thread: store the closure's SBOM and its artifact manifests (BuildFailed if it can't)."""
+        try:
+            return store_sbom(self.store, manifests, closure, out_path, plan.facts, plan.target.name,
+                              created_at(plan.last_modified))
+        except ValueError as error:
+            raise BuildFailed("cannot write the image's SBOM", {"error": str(error)}) from error
 
     def _stored(self, manifests: ImageManifests) -> ImageManifests:
         self.store.put(manifests.oci.body)

@@ -8,8 +8,6 @@ flake reference, so re-listing a revision already seen costs no Nix run.
 
 from __future__ import annotations
 
-import platform
-import sys
 from collections import OrderedDict
 from typing import Any
 
@@ -27,17 +25,6 @@ CATALOG_EXPRESSION = (
     " in if entries.success then entries.value else null) ps"
 )
 _IMAGE_SUFFIX = ".tar.gz"
-_MACHINES = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
-
-
-def host_system(nix_options: tuple[tuple[str, str], ...] = ()) -> str:
-    """The Nix system of this host (`x86_64-linux`, …), or the `system` Nix option when one is given."""
-    for name, value in nix_options:
-        if name == "system" and value:
-            return value
-    machine = platform.machine().lower()
-    kernel = "darwin" if sys.platform == "darwin" else "linux"
-    return f"{_MACHINES.get(machine, machine)}-{kernel}"
 
 
 def catalog_names(answer: object) -> list[str]:

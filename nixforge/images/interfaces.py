@@ -38,6 +38,12 @@ class IImageService(Interface):
     def manifest_by_digest(name: str, digest: str) -> Deferred[ManifestDocument]:
         """Return the manifest of `name` whose bytes hash to `digest`; fails with ManifestUnknown."""
 
+    def referrers(name: str, digest: str) -> Deferred[list[ManifestDocument]]:
+        """Return the artifact manifests (SBOMs) of `name` whose subject is `digest` (maybe none).
+
+        Fails with NameUnknown only for a name the policy refuses.
+        """
+
     def blob(name: str, digest: str) -> Deferred[BlobFile]:
         """Return the stored blob of `name`; fails with BlobUnknown (NameUnknown if no such repo)."""
 

@@ -31,8 +31,11 @@ from nixforge.images.manifest_cache import ManifestCache
 from nixforge.images.missing_cache import MISSING_TTL, MissingCache
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.single_flight import SingleFlight
+from nixforge.images.systems import SystemsPlan
 from nixforge.images.targets import BuildTarget, flake_ref_for, is_immutable, target_for
 from nixforge.oci.documents import ImageManifests, ManifestDocument
+from nixforge.oci.image_index import Platform, stored_manifests
+from nixforge.oci.referrers import subject_digest
 from nixforge.store.interfaces import IBlobStore, IStoreKeeper, ITagIndex, TagRecord
 from nixforge.store.memory import NoStoreKeeper
 
@@ -54,11 +57,13 @@ def failure_reason(error: BaseException) -> str:
 
 
 class Builder(Protocol):
-    """What the service needs of a builder (nixforge.images.builder.ImageBuilder)."""
+    """What the service needs of a builder (nixforge.images.systems.SystemsBuilder)."""
 
-    async def plan(self, target: BuildTarget, flake_ref: str, tag: str, refresh: bool = False) -> BuildPlan: ...
+    async def plan(
+        self, target: BuildTarget, flake_ref: str, tag: str, refresh: bool = False
+    ) -> BuildPlan | SystemsPlan: ...
 
-    async def build(self, plan: BuildPlan, stored: Stored | None = None) -> ImageManifests: ...
+    async def build(self, plan: BuildPlan | SystemsPlan, stored: Stored | None = None) -> ImageManifests: ...
 
 
 @implementer(IImageService)
@@ -84,6 +89,7 @@ class ImageService:
     keeper: IStoreKeeper = field(factory=NoStoreKeeper)
     catalog: FlakeCatalog | None = None
     failure_ttl: float = FAILURE_TTL
+    host_platform: Platform | None = None
     _flights: SingleFlight = field(factory=SingleFlight, init=False)
     _slots: DeferredSemaphore = field(init=False)
     _probes: DeferredSemaphore = field(init=False)
@@ -198,6 +204,7 @@ class ImageService:
                 built_at=self.reactor.seconds(),
                 source=plan.locked,
                 immutable=is_immutable(tag),
+                manifests=tuple(document.digest for document in manifests.related()),
             ))
 
         lease = self.keeper.begin_build()  # GC spares what this build stores until it is indexed
@@ -221,7 +228,7 @@ class ImageService:
             self.keeper.end_build(lease)
         self.keeper.stored()
         self._refresh_failed_at.pop(key, None)
-        self._cache.add(manifests.oci, manifests.docker)
+        self._cache.add(manifests.oci, manifests.docker, *manifests.related())
         log.info("build finished {name}:{tag} in {seconds:.1f}s: {digest}", name=target.name, tag=tag,
                  seconds=self.reactor.seconds() - started, digest=manifests.oci.digest)
         return manifests
@@ -296,8 +303,12 @@ class ImageService:
     async def _load(self, record: TagRecord) -> ImageManifests:
         oci = await self._document(record.oci_digest)
         docker = await self._document(record.docker_digest)
-        self._cache.add(oci, docker)
-        return ImageManifests(oci=oci, docker=docker)
+        related = [await self._document(digest) for digest in record.manifests]
+        self._cache.add(oci, docker, *related)
+        try:
+            return stored_manifests(oci, docker, related, self.host_platform)
+        except (KeyError, ValueError, TypeError, AttributeError) as error:
+            raise ManifestUnknown("stored index is inconsistent", {"digest": oci.digest}) from error
 
     async def _document(self, digest: str) -> ManifestDocument:
         cached = self._cache.get(digest)
@@ -335,6 +346,26 @@ class ImageService:
         document = await self._document(digest)
         self._cache.add(document)
         return document
+
+    def referrers(self, name: str, digest: str) -> Deferred[list[ManifestDocument]]:
+        """The SBOM artifacts of `name`'s current tags whose subject is `digest` (none if unknown)."""
+        return ensureDeferred(self._referrers(name, digest))
+
+    async def _referrers(self, name: str, digest: str) -> list[ManifestDocument]:
+        self.policy.check_name(name)
+        found: dict[str, ManifestDocument] = {}
+        for tag in self.index.tags(name):
+            record = self.index.get(name, tag)
+            if record is None or not self.policy.allows_tag(tag) or digest not in record.digests():
+                continue
+            try:
+                manifests = await self._load(record)
+            except ForgeError:
+                continue  # an incomplete stored image has no referrers to show
+            for document in manifests.related():
+                if subject_digest(document) == digest:
+                    found[document.digest] = document
+        return [found[key] for key in sorted(found)]
 
     def blob(self, name: str, digest: str) -> Deferred[BlobFile]:
         """A stored blob of a repository this registry has built."""

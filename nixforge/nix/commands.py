@@ -19,11 +19,16 @@ class OutputInvalid(ValueError):
 
 @frozen
 class StorePathInfo:
-    """One store path of a closure: its NAR size and the store paths it references."""
+    """One store path of a closure: its NAR size, the store paths it references, and its NAR hash.
+
+    `nar_hash` is as Nix prints it (`sha256:<base32>` in 2.8, SRI `sha256-<base64>` in newer Nix);
+    empty when Nix printed none.
+    """
 
     path: str
     nar_size: int
     references: tuple[str, ...]
+    nar_hash: str = ""
 
 
 # nixforge can't work without these; turning them on here lets a stock nix.conf work.
@@ -146,10 +151,14 @@ def _path_info(path: object, info: object) -> StorePathInfo:
         raise OutputInvalid(f"{checked} has no valid narSize")
     if not isinstance(references, list):
         raise OutputInvalid(f"{checked} has no valid references")
+    nar_hash = info.get("narHash", "")
+    if not isinstance(nar_hash, str):
+        raise OutputInvalid(f"{checked} has no valid narHash")
     return StorePathInfo(
         path=checked,
         nar_size=nar_size,
         references=tuple(_store_path(ref, f"reference of {checked}") for ref in references),
+        nar_hash=nar_hash,
     )
 
 

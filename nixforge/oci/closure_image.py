@@ -13,6 +13,7 @@ from twisted.logger import Logger
 
 from nixforge.oci.documents import ImageManifests, LayerBlob, build_manifests, canonical_json, sha256_digest
 from nixforge.oci.image_config import CA_BUNDLE, choose_command, image_config, write_customisation_layer
+from nixforge.oci.image_index import Platform
 from nixforge.oci.layer_cache import LayerCache, layer_key
 from nixforge.oci.layer_writer import LayerWriter, compress_layer
 from nixforge.oci.layering import DEFAULT_MAX_LAYERS, MAX_OVERLAY_LAYERS, StorePathLike, plan_layers
@@ -92,6 +93,7 @@ def assemble_closure_image(
     workers: int = DEFAULT_WORKERS,
     platform_pair: tuple[str, str] | None = None,
     cancel: threading.Event | None = None,
+    platform: Platform | None = None,
 ) -> ImageManifests:
     """Build (or find) every layer of `meta.out_path`'s closure and return the image's manifests.
 
@@ -101,6 +103,7 @@ def assemble_closure_image(
     `max_layers` counts every layer of the image, the customisation layer included.
     `store_dir` is where the closure is readable now; inside the image it is always /nix/store.
     Setting `cancel` stops it between files and chunks (BuildCancelled; no partial blob stays).
+    `platform` (else `platform_pair`, else the host's) is what the config says it runs on.
     """
     paths = [info.path for info in closure]
     if meta.out_path not in paths:
@@ -129,7 +132,8 @@ def assemble_closure_image(
             cmd,
             meta.labels,
             _ca_bundle(paths, store_dir),
-            platform_pair,
+            (platform.os, platform.architecture) if platform is not None else platform_pair,
+            platform.variant if platform is not None else None,
         )
     )
     config_digest = sha256_digest(config)

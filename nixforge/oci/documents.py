@@ -45,10 +45,37 @@ class ManifestDocument:
 
 @frozen
 class ImageManifests:
-    """The two forms of one image; they share the config and layer blobs."""
+    """The two forms of one image (they share the config and layer blobs), or of one image index.
+
+    `referrers`: the artifact manifests (SBOMs) whose `subject` is one of these forms.
+    `members`: for an index (`oci` an OCI index, `docker` a Docker manifest list), the images it
+    lists, in the order of the configured systems; `host` is the position of the one served to a
+    client that accepts no index.
+    """
 
     oci: ManifestDocument
     docker: ManifestDocument
+    referrers: tuple[ManifestDocument, ...] = ()
+    members: tuple[ImageManifests, ...] = ()
+    host: int | None = None
+
+    @property
+    def is_index(self) -> bool:
+        """True when these are an image index and a manifest list."""
+        return bool(self.members)
+
+    def host_image(self) -> ImageManifests:
+        """The image a client that accepts no index gets: the host's member, or these themselves."""
+        if self.members and self.host is not None:
+            return self.members[self.host]
+        return self
+
+    def related(self) -> tuple[ManifestDocument, ...]:
+        """Every stored document beyond `oci` and `docker`: members' forms and every referrer."""
+        documents = list(self.referrers)
+        for member in self.members:
+            documents += [member.oci, member.docker, *member.related()]
+        return tuple(documents)
 
 
 def build_manifests(

@@ -132,9 +132,13 @@ def image_config(
     labels: dict[str, str],
     ca_bundle: str | None = None,
     platform_pair: tuple[str, str] | None = None,
+    variant: str | None = None,
 ) -> dict[str, Any]:
     """Return the OCI image config document (serialise it with `canonical_json`)."""
     os_name, architecture = platform_pair or host_platform()
+    platform_keys = {"architecture": architecture, "os": os_name}
+    if variant is not None:
+        platform_keys["variant"] = variant
     env = [f"PATH=/bin:{package_image}/bin"]
     if ca_bundle:
         env.append(f"SSL_CERT_FILE={ca_bundle}")
@@ -146,8 +150,7 @@ def image_config(
     if labels:
         config["Labels"] = dict(labels)
     return {
-        "architecture": architecture,
-        "os": os_name,
+        **platform_keys,
         "created": CREATED,
         "config": config,
         "rootfs": {"type": "layers", "diff_ids": list(diff_ids)},

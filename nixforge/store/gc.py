@@ -116,8 +116,9 @@ class GarbageCollector:
         return frozenset(found)
 
     def _record_references(self, record: TagRecord) -> frozenset[str]:
-        """Every blob a record keeps: both manifests and the tag's retained superseded ones."""
-        digests = {record.oci_digest, record.docker_digest}
+        """Every blob a record keeps: its manifests (both forms, index members, SBOM artifacts) and
+        the tag's retained superseded ones."""
+        digests = set(record.digests())
         digests.update(s.digest for s in self.index.superseded(record.name) if s.tag == record.tag)
         found: set[str] = set()
         for digest in digests:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import BinaryIO
 
-from attrs import frozen
+from attrs import field, frozen
 from zope.interface import Interface
 
 
@@ -50,7 +50,13 @@ class IBlobStore(Interface):
 
 @frozen
 class TagRecord:
-    """What a (repository, tag) resolved to when it was last built."""
+    """What a (repository, tag) resolved to when it was last built.
+
+    `oci_digest`/`docker_digest` are the two forms the tag serves (an image manifest, or an image
+    index and a manifest list). `manifests` are the tag's other stored manifests: an index's
+    members, and the SBOM artifact manifests of every image. Every blob the tag needs is named by
+    one of these documents (config, layers, an artifact's empty config and SBOM blob).
+    """
 
     name: str
     tag: str
@@ -59,6 +65,11 @@ class TagRecord:
     built_at: float
     source: str
     immutable: bool = False
+    manifests: tuple[str, ...] = field(default=(), converter=tuple)  # index members, SBOM artifacts
+
+    def digests(self) -> frozenset[str]:
+        """Every manifest digest of the record: both forms and `manifests`."""
+        return frozenset((self.oci_digest, self.docker_digest, *self.manifests))
 
 
 class ITagIndex(Interface):
@@ -83,7 +94,7 @@ class ITagIndex(Interface):
         """
 
     def has_manifest(name: str, digest: str) -> bool:
-        """Tell whether `digest` is the OCI or Docker manifest of a current record of `name`.
+        """Tell whether `digest` is one of the manifests (`TagRecord.digests`) of a current record of `name`.
 
         Digests a rebuild superseded count too for the retention window, so a client that
         resolved (or pinned) a tag before a rebuild can still fetch the manifest by its digest.

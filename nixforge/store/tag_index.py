@@ -64,12 +64,12 @@ class MemoryTagIndex:
             old = self._records.setdefault(record.name, {}).get(record.tag)
             self._records[record.name][record.tag] = record
             history = self._history.setdefault(record.name, {})
-            current = {record.oci_digest, record.docker_digest}
+            current = record.digests()
             for digest in current:
                 history.pop(digest, None)
             if old is not None:
                 now = self.clock()
-                for digest in (old.oci_digest, old.docker_digest):
+                for digest in old.digests():
                     if digest not in current:
                         history[digest] = Superseded(digest, record.tag, now)
             self._bound(record.name)
@@ -147,7 +147,7 @@ class MemoryTagIndex:
         """Tell whether `digest` is a manifest of a current record of `name`, or a retained old one."""
         with self._lock:
             for record in self._records.get(name, {}).values():
-                if digest in (record.oci_digest, record.docker_digest):
+                if digest in record.digests():
                     return True
             entry = self._history.get(name, {}).get(digest)
         return entry is not None and entry.at > self.clock() - self.retention
@@ -168,7 +168,10 @@ def _record_from_json(data: Any) -> TagRecord:
         if not isinstance(value, types) or (bool not in types and isinstance(value, bool)):
             raise ValueError(f"field {field!r} is missing or has the wrong type")
         fields[field] = value
-    return TagRecord(**fields)
+    manifests = data.get("manifests", [])  # absent in records written before image indexes
+    if not isinstance(manifests, list) or not all(isinstance(digest, str) for digest in manifests):
+        raise ValueError("field 'manifests' is not a list of digests")
+    return TagRecord(**fields, manifests=tuple(manifests))
 
 
 def _history_from_json(data: Any, written_at: float) -> tuple[str, list[Superseded]]:

@@ -13,6 +13,7 @@ from zope.interface import implementer
 from nixforge.errors import BlobUnknown, ManifestUnknown, NameUnknown
 from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.oci.documents import ImageManifests, LayerBlob, ManifestDocument, build_manifests, sha256_digest
+from nixforge.oci.referrers import subject_digest
 
 
 class TrackedFile(io.RawIOBase):
@@ -66,6 +67,7 @@ class FakeImageService:
         self.failures: dict[str, Exception] = {}
         self.pending: dict[str, Deferred[object]] = {}
         self.opened: list[TrackedFile] = []
+        self.artifacts: dict[str, list[ManifestDocument]] = {}
 
     def add_image(self, name: str, tag: str, layers: list[bytes] | None = None) -> ImageManifests:
         """Add an image whose config and layers become blobs of `name`; return its manifests."""
@@ -137,6 +139,17 @@ class FakeImageService:
             return self.manifests[(name, digest)]
 
         return self._answer("manifest_by_digest", compute)
+
+    def referrers(self, name: str, digest: str) -> Deferred:
+        """Return the artifacts added with `add_referrer` whose subject is `digest`."""
+        self.calls.append(("referrers", name, digest))
+        found = [document for document in self.artifacts.get(name, []) if subject_digest(document) == digest]
+        return self._answer("referrers", lambda: found)
+
+    def add_referrer(self, name: str, document: ManifestDocument) -> None:
+        """Make `document` (an artifact manifest) a referrer of its subject, fetchable by digest."""
+        self.artifacts.setdefault(name, []).append(document)
+        self.manifests[(name, document.digest)] = document
 
     def blob(self, name: str, digest: str) -> Deferred:
         """Return the blob of `name` with that digest."""

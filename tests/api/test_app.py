@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from urllib.parse import quote
 
 import pytest
 from twisted.internet.defer import Deferred
@@ -16,6 +17,9 @@ from nixforge.api import RegistryApi
 from nixforge.errors import BuildFailed, BuildTimedOut, NameUnknown, StoreFull, TooManyBuilds
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
+from nixforge.oci.documents import ImageManifests, sha256_digest
+from nixforge.oci.image_index import build_index, platform_for
+from nixforge.oci.referrers import sbom_artifact
 
 from .fake_images import FakeImageService, StubClient
 
@@ -373,6 +377,73 @@ def test_referrers_is_an_empty_index(client: StubClient, images: FakeImageServic
     assert header(response, "Content-Type") == mt.OCI_INDEX
     assert json.loads(body) == {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": []}
     assert header(response, "Content-Length") == str(len(body))
+
+
+def test_referrers_lists_the_sbom_artifacts_of_a_digest(client: StubClient, images: FakeImageService) -> None:
+    manifests = images.add_image("hello", "latest")
+    sbom = b'{"spdxVersion":"SPDX-2.3"}'
+    for subject in (manifests.oci, manifests.docker):
+        images.add_referrer("hello", sbom_artifact(subject, sha256_digest(sbom), len(sbom), "2024-01-02T03:04:05Z"))
+    response, body = client.request("GET", f"/v2/hello/referrers/{manifests.oci.digest}")
+    assert response.code == 200
+    assert header(response, "Content-Type") == mt.OCI_INDEX
+    assert header(response, "OCI-Filters-Applied") is None
+    index = json.loads(body)
+    assert index["mediaType"] == mt.OCI_INDEX
+    [entry] = index["manifests"]
+    assert entry["artifactType"] == mt.SPDX_JSON
+    assert entry["annotations"] == {"org.opencontainers.image.created": "2024-01-02T03:04:05Z"}
+    assert entry["mediaType"] == mt.OCI_MANIFEST
+    response, artifact = client.request("GET", f"/v2/hello/manifests/{entry['digest']}")
+    assert sha256_digest(artifact) == entry["digest"] and entry["size"] == len(artifact)
+    assert json.loads(artifact)["subject"]["digest"] == manifests.oci.digest
+    # The Docker form has its own artifact.
+    response, body = client.request("GET", f"/v2/hello/referrers/{manifests.docker.digest}")
+    [docker_entry] = json.loads(body)["manifests"]
+    assert docker_entry["digest"] != entry["digest"]
+
+
+@pytest.mark.parametrize("wanted, count", [(mt.SPDX_JSON, 1), ("application/vnd.example+json", 0)])
+def test_referrers_filters_by_artifact_type(client: StubClient, images: FakeImageService,
+                                            wanted: str, count: int) -> None:
+    manifests = images.add_image("hello", "latest")
+    images.add_referrer("hello", sbom_artifact(manifests.oci, ZERO_DIGEST, 2, "1970-01-01T00:00:00Z"))
+    query = "artifactType=" + quote(wanted, safe="")
+    response, body = client.request("GET", f"/v2/hello/referrers/{manifests.oci.digest}?{query}")
+    assert header(response, "OCI-Filters-Applied") == "artifactType"
+    assert len(json.loads(body)["manifests"]) == count
+
+
+def _index_of_two(images: FakeImageService) -> tuple[ImageManifests, ImageManifests, ImageManifests]:
+    amd = images.add_image("multi", "amd")
+    arm = images.add_image("multi", "arm")
+    index = build_index([(platform_for("x86_64-linux"), amd), (platform_for("aarch64-linux"), arm)], host=0)
+    images.images[("multi", "latest")] = index
+    return index, amd, arm
+
+
+@pytest.mark.parametrize(
+    "accept, form",
+    [
+        ([], "oci-index"),
+        ([mt.OCI_INDEX], "oci-index"),
+        ([mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST], "docker-list"),
+        ([f"{mt.OCI_MANIFEST}, {mt.DOCKER_MANIFEST}"], "host-oci"),
+        ([mt.DOCKER_MANIFEST], "host-docker"),
+        (["*/*"], "oci-index"),
+    ],
+)
+def test_an_index_tag_follows_accept_and_falls_back_to_the_host_image(
+    client: StubClient, images: FakeImageService, accept: list[str], form: str
+) -> None:
+    index, amd, _ = _index_of_two(images)
+    expected = {"oci-index": index.oci, "docker-list": index.docker, "host-oci": amd.oci,
+                "host-docker": amd.docker}[form]
+    response, body = client.request("GET", "/v2/multi/manifests/latest", {"Accept": accept} if accept else None)
+    assert response.code == 200
+    assert body == expected.body
+    assert header(response, "Content-Type") == expected.media_type
+    assert header(response, "Docker-Content-Digest") == expected.digest
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "PATCH", "DELETE"])

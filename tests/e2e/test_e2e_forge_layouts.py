@@ -91,7 +91,8 @@ def test_nix_runs_with_no_experimental_feature_configured(nix_forge: ForgeProces
     before = nix_run_count(nix_forge)
     nix_forge.manifest("hello")
     runs = nix_runs_since(nix_forge, before)
-    assert [run.split()[1] for run in runs] == ["flake", "eval", "build"], runs
+    # The image, then the package it wraps (already built as its input) and its closure, for the SBOM.
+    assert [run.split()[1] for run in runs] == ["flake", "eval", "build", "build", "path-info"], runs
     for run in runs:
         assert "--extra-experimental-features nix-command flakes" in run
         assert "--accept-flake-config" in run  # the default: the flake's nixConfig is trusted

@@ -14,7 +14,7 @@ from twisted.internet.task import Clock
 from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnknown
 from nixforge.images.builder import ImageBuilder, _labels
 from nixforge.images.targets import target_for
-from nixforge.nix.client import NixAttributeMissing, NixError, NixRefUnknown, NixTimeout
+from nixforge.nix.client import NixAttributeMissing, NixError, NixRefUnknown, NixTimeout, StorePathInfo
 from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.layer_cache import LayerCache
 from nixforge.store.memory import MemoryBlobStore
@@ -50,14 +50,16 @@ class FakeNix:
         self.out_links.append(out_link)
         if self.error:
             return fail(self.error)
-        output = self.outputs[installable.split("#", 1)[1]]
+        attribute = installable.split("#", 1)[1]
+        output = self.outputs.get(attribute, f"/nix/store/{'a' * 32}-{attribute}")
         if out_link is not None:  # as Nix 2.8 does: <link> for out, <link>-<output> for the others
             os.symlink(output, out_link)
             os.symlink(output, out_link + "-dev")
         return succeed([output])
 
     def closure(self, path: str, timeout: float | None = None) -> Deferred[list[Any]]:
-        raise AssertionError("not used here")
+        self.asked.append("closure " + path)
+        return succeed([StorePathInfo(path, 1, (), "sha256:" + "0" * 64)])
 
 
 def make_builder(nix: FakeNix, tmp_path: Path, clock: Clock | None = None) -> tuple[ImageBuilder, MemoryBlobStore]:
@@ -89,7 +91,8 @@ def test_a_package_with_an_image_serves_that_image(tmp_path: Path) -> None:
     nix = FakeNix({"hello.image": str(archive)})
     builder, store = make_builder(nix, tmp_path)
     manifests = run(plan_and_build(builder, "hello", "path:/f", "latest"))
-    assert nix.asked == ["metadata path:/f", "eval path:/f?locked=1#hello", "build path:/f?locked=1#hello.image"]
+    assert nix.asked == ["metadata path:/f", "eval path:/f?locked=1#hello", "build path:/f?locked=1#hello.image",
+                         "build path:/f?locked=1#hello", f"closure /nix/store/{'a' * 32}-hello"]
     assert store.read(manifests.oci.digest) == manifests.oci.body
     assert store.read(manifests.docker.digest) == manifests.docker.body
     annotations = json.loads(manifests.oci.body)["annotations"]
@@ -154,7 +157,8 @@ def test_a_dotted_package_name_is_one_quoted_attribute(tmp_path: Path) -> None:
     nix = FakeNix({'"pkgs.hello".image': str(archive)})
     builder, _ = make_builder(nix, tmp_path)
     assert run(plan_and_build(builder, "pkgs.hello", "path:/f", "latest")).oci.digest
-    assert nix.asked[1:] == ['eval path:/f?locked=1#"pkgs.hello"', 'build path:/f?locked=1#"pkgs.hello".image']
+    assert nix.asked[1:4] == ['eval path:/f?locked=1#"pkgs.hello"', 'build path:/f?locked=1#"pkgs.hello".image',
+                              'build path:/f?locked=1#"pkgs.hello"']
 
 
 @pytest.mark.parametrize("name, attribute", [("hello", "hello.image"), ("applications/app/web", "app.containers")])
@@ -208,7 +212,7 @@ def test_the_planned_lock_is_what_gets_built_and_one_deadline_spans_the_phase(tm
     assert (plan.locked, plan.has_image) == ("path:/f?locked=1", True)
     clock.advance(50)  # waiting for a build slot does not count against the build
     run(builder.build(plan))
-    assert nix.timeouts == [60]
+    assert nix.timeouts == [60, 60]  # the image, then the package it wraps (for its SBOM)
 
 
 def test_no_time_left_is_a_timeout(tmp_path: Path) -> None:
@@ -242,9 +246,10 @@ def test_each_output_is_held_by_a_gc_root_until_the_image_and_its_record_are_sto
 
     plan = run(builder.plan(target_for("hello"), "path:/f", "latest"))
     run(builder.build(plan, record))
-    [link] = nix.out_links
-    assert link is not None and os.path.dirname(link) == roots.directory
-    assert held_while_recording == [sorted([os.path.basename(link), os.path.basename(link) + "-dev"])]
+    links = nix.out_links  # the image, and the package it wraps (read for the SBOM)
+    assert len(links) == 2 and all(link is not None and os.path.dirname(link) == roots.directory for link in links)
+    assert held_while_recording == [sorted(name for link in links
+                                           for name in (os.path.basename(link), os.path.basename(link) + "-dev"))]
     assert roots.held() == []
 
 

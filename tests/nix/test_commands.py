@@ -137,8 +137,8 @@ def test_parse_path_info_nix_2_8_list() -> None:
         ]
     )
     assert parse_path_info(stdout) == [
-        StorePathInfo(path=A, nar_size=120, references=(A, B)),
-        StorePathInfo(path=B, nar_size=7, references=()),
+        StorePathInfo(path=A, nar_size=120, references=(A, B), nar_hash="sha256-x"),
+        StorePathInfo(path=B, nar_size=7, references=(), nar_hash="sha256-y"),
     ]
 
 
@@ -150,8 +150,8 @@ def test_parse_path_info_newer_nix_dict() -> None:
         }
     )
     assert parse_path_info(stdout) == [
-        StorePathInfo(path=A, nar_size=120, references=(B,)),
-        StorePathInfo(path=B, nar_size=7, references=()),
+        StorePathInfo(path=A, nar_size=120, references=(B,), nar_hash="sha256-x"),
+        StorePathInfo(path=B, nar_size=7, references=(), nar_hash="sha256-y"),
     ]
 
 
@@ -164,6 +164,7 @@ def test_parse_path_info_newer_nix_dict() -> None:
         [{"path": A, "narSize": "1", "references": []}],
         [{"path": A, "narSize": 1, "references": "x"}],
         [{"path": A, "narSize": 1, "references": ["/etc/passwd"]}],
+        [{"path": A, "narSize": 1, "references": [], "narHash": 7}],
         [],
         "x",
     ],

@@ -108,6 +108,25 @@ def test_survives_reopen(tmp_path: Path) -> None:
     assert not again.has_manifest("packages/hello", digest("ociold"))
 
 
+def test_an_index_records_other_manifests_durably_and_older_records_still_load(tmp_path: Path) -> None:
+    """`manifests` (index members, SBOM artifacts) survive a restart and count as the name's manifests;
+    a record written before the field existed loads with none."""
+    first = FilesystemTagIndex(str(tmp_path))
+    first.put(record("hello", "latest", manifests=(digest("member"), digest("sbom"))))
+    first.put(record("old", "latest"))
+    path = Path(first.record_path("old", "latest"))
+    saved = json.loads(path.read_text())
+    del saved["manifests"]
+    path.write_text(json.dumps(saved))
+    again = FilesystemTagIndex(str(tmp_path))
+    assert again.get("hello", "latest") == record("hello", "latest", manifests=(digest("member"), digest("sbom")))
+    assert again.has_manifest("hello", digest("member")) and again.has_manifest("hello", digest("sbom"))
+    assert not again.has_manifest("old", digest("member"))
+    assert again.get("old", "latest") == record("old", "latest")
+    path.write_text(json.dumps({**saved, "manifests": [7]}))
+    assert FilesystemTagIndex(str(tmp_path)).get("old", "latest") is None
+
+
 def test_files_are_flat_hashed_and_self_describing(tmp_path: Path) -> None:
     """Names with slashes or dots create no subdirectories; the JSON holds the name and tag."""
     index = FilesystemTagIndex(str(tmp_path))
