@@ -235,9 +235,9 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a client has to send a whole request head, from its first byte (else 408)."),
     Setting("send_timeout", "NIXFORGE_SEND_TIMEOUT", "send-timeout", "60", _positive_float,
             "Seconds a response may stall on a client that does not read before it is dropped."),
-    Setting("max_connections", "NIXFORGE_MAX_CONNECTIONS", "max-connections", "512", _positive_int,
+    Setting("max_connections", "NIXFORGE_MAX_CONNECTIONS", "max-connections", "4096", _positive_int,
             "Open client connections at once; more get 503."),
-    Setting("max_client_connections", "NIXFORGE_MAX_CLIENT_CONNECTIONS", "max-client-connections", "64",
+    Setting("max_client_connections", "NIXFORGE_MAX_CLIENT_CONNECTIONS", "max-client-connections", "1024",
             _positive_int, "Open connections at once from one client address; more get 503."),
     Setting("listen_backlog", "NIXFORGE_LISTEN_BACKLOG", "listen-backlog", "1024", _positive_int,
             "Listen backlog when --port is a number (add backlog=N to an endpoint string)."),
@@ -295,8 +295,8 @@ class ForgeConfig:
     htpasswd: str = ""
     header_timeout: float = 20.0
     send_timeout: float = 60.0
-    max_connections: int = 512
-    max_client_connections: int = 64
+    max_connections: int = 4096
+    max_client_connections: int = 1024
     listen_backlog: int = 1024
     error_log_tail: bool = True
     max_store_size: int | None = None

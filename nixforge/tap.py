@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import resource
 import sys
 import tempfile
 from collections.abc import Mapping
@@ -178,9 +179,29 @@ class _BuilderService(Service):
         return self.builder.stop()
 
 
+def raise_open_file_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (as Go programs do); return the soft limit now.
+
+    Each client connection takes a descriptor, and one streaming a blob takes a second.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or hard > soft):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        log.warn("the open-file limit is {limit}, below the {wanted} that NIXFORGE_MAX_CONNECTIONS needs "
+                 "(two per connection, plus room): raise LimitNOFILE= or lower the cap",
+                 limit=soft, wanted=wanted)
+    return soft
+
+
 def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     """The whole registry as a MultiService: threads, Nix, and the HTTP listener."""
     root = MultiService()
+    raise_open_file_limit(2 * config.max_connections + 256)
     os.makedirs(config.data_dir, exist_ok=True)
     pool = ThreadPool(minthreads=0, maxthreads=4, name="nixforge-blobs")
     _ThreadPoolService(pool).setServiceParent(root)

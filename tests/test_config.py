@@ -168,7 +168,7 @@ def test_a_usable_data_dir_is_created_and_left_clean(tmp_path: Path) -> None:
 def test_edge_settings_defaults_and_environment(tmp_path) -> None:
     config = ForgeConfig.from_sources({})
     assert (config.htpasswd, config.header_timeout, config.send_timeout) == ("", 20, 60)
-    assert (config.max_connections, config.max_client_connections, config.listen_backlog) == (512, 64, 1024)
+    assert (config.max_connections, config.max_client_connections, config.listen_backlog) == (4096, 1024, 1024)
     assert config.error_log_tail is True
     htpasswd = tmp_path / "htpasswd"
     htpasswd.write_text("")

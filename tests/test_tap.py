@@ -58,3 +58,24 @@ def test_numeric_port_uses_flask_host(tmp_path: Path, monkeypatch) -> None:
         assert reactor.tcpServers[0][0] == 5124 and reactor.tcpServers[0][3] == "127.0.0.2"
     finally:
         service.stopService()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit_and_a_short_one_is_reported() -> None:
+    import resource
+
+    from twisted.logger import LogLevel, globalLogPublisher
+
+    from nixforge.tap import raise_open_file_limit
+
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, before[1]))
+        soft = raise_open_file_limit(1 << 62)
+        assert soft == before[1] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert any(event.get("log_level") == LogLevel.warn and "open-file limit" in event.get("log_format", "")
+                   for event in events)
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)

@@ -231,8 +231,8 @@ class EdgeSite(Site):
         resource: IResource,
         header_timeout: float = 20.0,
         send_timeout: float = 60.0,
-        max_connections: int = 512,
-        max_client_connections: int = 64,
+        max_connections: int = 4096,
+        max_client_connections: int = 1024,
         reactor: Any = None,
         body_limit: Callable[[bytes, bytes], int] | None = None,
     ) -> None:
