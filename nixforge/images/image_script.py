@@ -35,6 +35,7 @@ class ScriptRunner:
         self.user = user
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen[bytes]] = set()
+        self._stopped = False
 
     @staticmethod
     def is_script(path: str) -> bool:
@@ -51,10 +52,15 @@ class ScriptRunner:
         if seconds <= 0:
             raise BuildTimedOut("build timed out before the image script ran", {"script": path})
         identity = self.user.popen_arguments() if self.user is not None else {}
-        process = subprocess.Popen(
-            [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True,
-            cwd="/", env=dict(SCRIPT_ENVIRONMENT), **identity,
-        )
+        # Started and registered under the lock, so `kill_all` can never miss a script just started.
+        with self._lock:
+            if self._stopped:
+                raise BuildFailed("the registry is stopping", {"script": path})
+            process = subprocess.Popen(
+                [path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, start_new_session=True,
+                cwd="/", env=dict(SCRIPT_ENVIRONMENT), **identity,
+            )
+            self._running.add(process)
         timed_out = threading.Event()
 
         def expire() -> None:
@@ -63,8 +69,6 @@ class ScriptRunner:
 
         watchdog = threading.Timer(seconds, expire)
         watchdog.daemon = True
-        with self._lock:
-            self._running.add(process)
         watchdog.start()
         log.debug("ingesting the archive streamed by {path}", path=path)
         try:
@@ -93,8 +97,9 @@ class ScriptRunner:
         return manifests
 
     def kill_all(self) -> None:
-        """Kill every running script's process group; their ingestion then fails at once."""
+        """Kill every running script's process group (their ingestion then fails at once); start no more."""
         with self._lock:
+            self._stopped = True
             running = list(self._running)
         for process in running:
             _kill_group(process)

@@ -98,3 +98,12 @@ def test_kill_all_ends_running_scripts(tmp_path: Path) -> None:
     assert len(outcome) == 1 and isinstance(outcome[0], BuildFailed)
     assert not isinstance(outcome[0], BuildTimedOut)
     assert group_is_gone(pgid)
+
+
+def test_no_script_starts_after_kill_all(tmp_path: Path) -> None:
+    """A stop that lands just before a script starts must not leave that script running."""
+    path, _ = announcing_script(tmp_path)
+    runner = ScriptRunner()
+    runner.kill_all()
+    with pytest.raises(BuildFailed, match="stopping"):
+        runner.ingest_output(MemoryBlobStore(), str(path), {}, 30)
