@@ -107,7 +107,23 @@ class ImageService:
 
     def resolve_tag(self, name: str, tag: str) -> Deferred[ImageManifests]:
         """Both manifests of name:tag: from the index if fresh, else from a (shared) build."""
+        cached = self._cached_tag(name, tag)
+        if cached is not None:
+            return succeed(cached)
         return ensureDeferred(self._resolve_tag(name, tag))
+
+    def _cached_tag(self, name: str, tag: str) -> ImageManifests | None:
+        """A fresh stored name:tag whose manifests are both in memory (no disk, JSON or coroutine); else None."""
+        if not self.policy.allows_name(name) or self.policy.refusal(tag) is not None:
+            return None  # the full path raises the right error
+        record = self.index.get(name, tag)  # only names that map to a target were ever built and stored
+        if record is None or self._is_stale(record):
+            return None
+        oci, docker = self._cache.get(record.oci_digest), self._cache.get(record.docker_digest)
+        if oci is None or docker is None:
+            return None
+        self.keeper.pulled(name, tag)
+        return ImageManifests(oci=oci, docker=docker)
 
     async def _resolve_tag(self, name: str, tag: str) -> ImageManifests:
         self.policy.check_name(name)
