@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from attrs import frozen
 
@@ -84,12 +85,15 @@ def choose_manifest(accept_headers: Iterable[str], manifests: ImageManifests) ->
     OCI is served unless the client gives the Docker form a strictly higher q-value (which includes
     accepting only Docker). No Accept header, or one that accepts neither form (say, only schema1),
     gets OCI too: we never 404 a manifest that exists because of Accept (distribution would, for OCI).
+    The decision is remembered per distinct Accept value (a client sends the same one every time).
     """
-    ranges = parse_accept(accept_headers)
-    if not ranges:
-        return manifests.oci
-    oci_quality = quality_of(ranges, manifests.oci.media_type)
-    docker_quality = quality_of(ranges, manifests.docker.media_type)
-    if docker_quality > oci_quality:
+    headers = tuple(accept_headers)
+    if _prefers_docker(headers, manifests.oci.media_type, manifests.docker.media_type):
         return manifests.docker
     return manifests.oci
+
+
+@lru_cache(maxsize=256)
+def _prefers_docker(accept_headers: tuple[str, ...], oci_type: str, docker_type: str) -> bool:
+    ranges = parse_accept(accept_headers)
+    return bool(ranges) and quality_of(ranges, docker_type) > quality_of(ranges, oci_type)
