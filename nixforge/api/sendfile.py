@@ -31,15 +31,25 @@ log = Logger()
 def plain_tcp_socket(request: IRequest) -> int | None:
     """The socket file descriptor of a request on a plain-TCP transport, or None (TLS, pipes, fakes).
 
-    TLS wraps the TCP transport in a protocol (`TLSMemoryBIOProtocol`), so it is never a `tcp.Server`.
+    Wrappers that pass bytes unchanged (`passes_bytes_unchanged`, as the plain port's TLS-refusing
+    wrapper) are looked through; TLS wraps the TCP transport in a protocol that encrypts
+    (`TLSMemoryBIOProtocol`, no such mark), so behind TLS this is always None.
     """
-    transport = getattr(getattr(request, "channel", None), "transport", None)
-    if type(transport) is not tcp.Server:
+    transport = tcp_transport(request)
+    if transport is None:
         return None
     try:
         return int(transport.fileno())
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def tcp_transport(request: IRequest) -> tcp.Server | None:
+    """The plain `tcp.Server` under the request's channel, through byte-preserving wrappers only."""
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    while getattr(transport, "passes_bytes_unchanged", False):
+        transport = getattr(transport, "transport", None)
+    return transport if type(transport) is tcp.Server else None
 
 
 def file_descriptor(file: BinaryIO) -> int | None:
@@ -106,6 +116,7 @@ class SendfileSender:
         self._file = file
         self._source = file.fileno()
         self._socket = sock
+        self._tcp = tcp_transport(request)
         self._offset = offset
         self._remaining = length
         self._reactor = reactor
@@ -151,7 +162,7 @@ class SendfileSender:
         """The socket is writable: send the next slice, or wait while Twisted still flushes the headers."""
         if self._stopped:
             return
-        if not _transport_idle(self._request.channel.transport):
+        if not _transport_idle(self._tcp):
             return
         count = min(self._remaining, SEND_SLICE)
         try:

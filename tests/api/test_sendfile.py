@@ -25,6 +25,7 @@ from twisted.web.server import Request, Site
 from nixforge.api import RegistryApi
 from nixforge.api import sendfile as sendfile_module
 from nixforge.api.edge import EdgeSite
+from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.images.interfaces import BlobFile
 
 from .fake_images import FakeImageService
@@ -123,7 +124,8 @@ def blob(tmp_path: Path, images: FakeImageService) -> Blob:
 @pytest.fixture
 def site(images: FakeImageService):
     site = RecordingSite(RegistryApi(images, reactor).resource())
-    port = reactor.listenTCP(0, site, interface="127.0.0.1")
+    # As `twistd nixforge` listens without TLS: the Site behind the TLS-refusing wrapper.
+    port = reactor.listenTCP(0, RefuseTLSFactory(site), interface="127.0.0.1")
     site.port_number = port.getHost().port
     yield site
     port.stopListening()
