@@ -139,6 +139,8 @@ class SendfileSender:
     def start(self) -> Deferred[None]:
         """Write the headers, then send the body as the socket drains; fires when done or the client is gone."""
         self._request.notifyFinish().addErrback(self._lost)
+        if self._stopped:  # the client left before the body started
+            return self._done
         self._request.registerProducer(self, True)
         self._registered = True
         self._request.write(b"")
