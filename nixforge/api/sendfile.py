@@ -95,8 +95,8 @@ class SendfileSender:
     chunked). Then this object watches a duplicate of the socket's descriptor for writability
     (`reactor.addWriter`; a `dup` so the transport's own registration stays untouched) and sends a
     slice on every writable event, never more than the socket takes (it is non-blocking): that is the
-    backpressure. When the socket stays full, the channel is told so (`pauseProducing`, as the
-    transport would), which starts the edge's send timeout; progress resumes it. It is registered with
+    backpressure. Between writable events the channel is told it is paused (`pauseProducing`, as a
+    full transport would), which starts the edge's send timeout; progress resumes it. It is registered with
     the request as a push producer, so a lost connection stops it. The file and the duplicate
     descriptor are closed when the body is complete, when the client goes away, or when the Deferred
     from `start` is cancelled. If the kernel refuses `sendfile` before any byte was sent, the push
@@ -194,9 +194,9 @@ class SendfileSender:
             self._finish()
             return
         self._readahead()
-        if sent < count:
-            # The socket took less than offered: it is full until the reactor says writable again.
-            self._socket_full()
+        # Until the next writable event the channel counts as paused (the socket may be full now, and
+        # a full socket raises no event): a client that stops reading meets the edge's send timeout.
+        self._socket_full()
 
     def connectionLost(self, reason: Failure) -> None:
         """The reactor dropped this descriptor (an error in doWrite): drop the client too."""
