@@ -439,11 +439,14 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "met": cold["median_overhead"] < 1.3})
     cache = results.get("cold_cache_manifest", {})
     if cache.get("nixforge") and cache.get("distribution"):
-        worst = {name: max(r["max_ms"] for r in rounds) for name, rounds in cache.items()}
         dropped = all(r["cache_dropped"] for rounds in cache.values() for r in rounds)
-        add("manifest GET max ms, 16 big-blob downloads, " + ("cold page cache" if dropped else
-                                                              "page cache NOT dropped (not allowed)"),
-            worst["nixforge"], worst["distribution"], "< 50 ms", lambda a, b: a < 50)
+        state = "cold page cache" if dropped else "page cache NOT dropped (not allowed)"
+        worst = {name: statistics.median(r["max_ms"] for r in rounds) for name, rounds in cache.items()}
+        add(f"manifest GET max ms per round, 16 big-blob downloads, {state}", worst["nixforge"],
+            worst["distribution"], "< 50 ms", lambda a, b: a < 50)
+        worst = {name: max(r["max_ms"] for r in rounds) for name, rounds in cache.items()}
+        add(f"manifest GET max ms, worst round, {state}", worst["nixforge"], worst["distribution"], "< 50 ms",
+            lambda a, b: a < 50)
     return rows
 
 
