@@ -16,9 +16,9 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,13 @@ from attrs import define, field
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from pull_figures import (
+    closure_packages,
+    cold_pull_overhead,
+    machine_and_versions,
+    manifest_latency_under_blob_load,
+    warm_pull,
+)
 from registry_peer import (
     ServerProcess,
     api_answers,
@@ -68,8 +75,9 @@ end
 """
 FLAKE_TEMPLATE = """\
 {
-  description = "nixforge serve benchmark: one package holding one file of random bytes";
+  description = "nixforge serve benchmark: one file of random bytes, and closures of small paths";
   outputs = { self }: {
+%(closures)s
     packages.x86_64-linux.%(name)s = derivation {
       name = "%(name)s";
       system = "x86_64-linux";
@@ -90,12 +98,19 @@ def default_twistd() -> str:
     return shutil.which("twistd") or "twistd"
 
 
+# The connection caps the lead is raising in main (4096 in all, 1024 per client); the bench sets them
+# explicitly so that 1,000 clients from 127.0.0.1 are not refused by the per-client cap of 64.
+CAPS = {"NIXFORGE_MAX_CONNECTIONS": "4096", "NIXFORGE_MAX_CLIENT_CONNECTIONS": "1024"}
+BACKLOG = 1024
+
+
 def start_nixforge(workdir: Path, flake_dir: Path, twistd: str, timeout: float = 60.0) -> ServerProcess:
     """Start `twistd -n nixforge` on 127.0.0.1 port 0, offline Nix; return once it logged its port."""
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "NIX_CONFIG": "substituters =\nexperimental-features = nix-command flakes"}
+    env = {**CAPS, **os.environ, "NIX_CONFIG": "substituters =\nexperimental-features = nix-command flakes"}
     argv = [
-        twistd, "-n", "--pidfile", "", "nixforge", "--port", "tcp:0:interface=127.0.0.1",
+        # The endpoint string gets the backlog `--port 5000` gets by default (Twisted's own default is 50).
+        twistd, "-n", "--pidfile", "", "nixforge", "--port", f"tcp:0:interface=127.0.0.1:backlog={BACKLOG}",
         "--flake", f"path:{flake_dir}", "--data-dir", str(workdir / "data"),
         # Measure serving only: no background rebuild of `latest` in the middle of a run.
         "--refresh-interval", "86400",
@@ -264,13 +279,17 @@ def servers(workdir: Path, args: argparse.Namespace) -> Iterator[list[ServerProc
         started.append(peer)
         if args.peer_only:
             layout = workdir / "layout"
-            make_oci_layout(layout, TAG, args.blob_mb * 1_000_000)
+            make_oci_layout(layout, TAG, args.blob_mib * 1024 * 1024)
             skopeo_copy(f"oci:{layout}:{TAG}", f"docker://{peer.host}/{REPOSITORY}:{TAG}")
         else:
             flake_dir = workdir / "flake"
             flake_dir.mkdir()
+            closures, args.cold_names, args.built_names = closure_packages(
+                f"{os.getpid()}x{int(time.time())}", args.repeat, args.closure_paths)
             (flake_dir / "flake.nix").write_text(
-                FLAKE_TEMPLATE % {"name": REPOSITORY, "size": args.blob_mb * 1_000_000}, encoding="utf-8")
+                FLAKE_TEMPLATE % {"name": REPOSITORY, "size": args.blob_mib * 1024 * 1024, "closures": closures},
+                encoding="utf-8")
+            args.flake_dir = flake_dir
             forge = start_nixforge(workdir / "nixforge", flake_dir, args.twistd)
             started.insert(0, forge)
             began = time.monotonic()
@@ -308,11 +327,12 @@ def content_under_test(running: list[ServerProcess]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Start both servers, measure every case at every concurrency, return the results."""
+    """Start both servers, measure every figure, return the results."""
     results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version()},
-        "settings": {"duration_s": args.duration, "repeat": args.repeat, "concurrency": args.concurrency,
-                     "blob_mb": args.blob_mb, "warmup_s": args.warmup, "cases": args.cases, "tool": "wrk"},
+        **machine_and_versions(args.twistd),
+        "settings": {"duration_s": args.duration, "repeat": args.repeat, "points": args.points,
+                     "blob_mib": args.blob_mib, "warmup_s": args.warmup, "closure_paths": args.closure_paths,
+                     "nixforge_env": CAPS, "nixforge_backlog": BACKLOG, "tool": "wrk"},
         "points": [],
     }
     with tempfile.TemporaryDirectory(prefix="nixforge-bench-") as temp, servers(Path(temp), args) as running:
@@ -327,27 +347,126 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "manifest-tag": (f"/v2/{REPOSITORY}/manifests/{TAG}", MANIFEST_ACCEPT),
         }
         flip = False
-        for case in (case for case in CASES if case in args.cases):
+        warmed: set[str] = set()
+        for case, connections in args.points:
             path, accept = paths[case]
-            for server in running:
-                if args.warmup > 0:
+            if case not in warmed and args.warmup > 0:
+                warmed.add(case)
+                for server in running:
                     run_wrk(server.base_url + path, 1, args.warmup, script, accept)
-            for connections in args.concurrency:
-                for round_number in range(args.repeat):
-                    # Alternate which server goes first, so neither always follows the other's load.
-                    order = list(reversed(running)) if flip else list(running)
-                    flip = not flip
-                    for server in order:
-                        point = measure(server, server.base_url + path, connections, args.duration, script, accept)
-                        point.update(case=case, round=round_number)
-                        results["points"].append(point)
-                        print(f"{case:13} c={connections:<3} {server.name:12} {point['requests_per_s']:>10} req/s "
-                              f"{point['mb_per_s']:>9} MB/s  rss {point['peak_rss_mb']} MB  errors {point['errors']}",
-                              file=sys.stderr)
+            for round_number in range(args.repeat):
+                # Alternate which server goes first, so neither always follows the other's load.
+                order = list(reversed(running)) if flip else list(running)
+                flip = not flip
+                for server in order:
+                    point = measure(server, server.base_url + path, connections, args.duration, script, accept)
+                    point.update(case=case, round=round_number)
+                    results["points"].append(point)
+                    print(f"{case:13} c={connections:<4} {server.name:12} {point['requests_per_s']:>10} req/s "
+                          f"{point['mb_per_s']:>9} MB/s  p99 {point['p99_ms']} ms  rss {point['peak_rss_mb']} MB  "
+                          f"errors {point['errors']}", file=sys.stderr)
         results["idle_rss_after_mb"] = {s.name: round(_status_kib(s.pid, "VmRSS") / 1024, 1) for s in running}
+        if not args.peer_only:
+            print("warm pulls (skopeo copy to an OCI layout)", file=sys.stderr)
+            results["warm_pull"] = warm_pull(running, REPOSITORY, TAG, args.repeat, Path(temp))
+            print(f"cold pulls of {args.closure_paths}-path closures", file=sys.stderr)
+            results["cold_pull"] = cold_pull_overhead(running[0], args.flake_dir, args.cold_names, args.built_names,
+                                                      Path(temp))
+        print("manifest latency during 16 big-blob downloads, cold page cache", file=sys.stderr)
+        cold_cache: dict[str, list[dict[str, Any]]] = {server.name: [] for server in running}
+        for round_number in range(args.repeat):
+            for server in (running if round_number % 2 == 0 else list(reversed(running))):
+                cold_cache[server.name].append(manifest_latency_under_blob_load(
+                    server, paths["blob-large"][0], paths["manifest-tag"][0], MANIFEST_ACCEPT, 16,
+                    args.cold_seconds, 100))
+        results["cold_cache_manifest"] = cold_cache
     results["summary"] = summarize(results["points"])
     results["ratios"] = ratios(results["summary"])
+    results["figures"] = figures(results)
     return results
+
+
+def _point(results: dict[str, Any], case: str, connections: int, server: str) -> dict[str, Any] | None:
+    return next((row for row in results["summary"]
+                 if (row["case"], row["connections"], row["server"]) == (case, connections, server)), None)
+
+
+def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's figures: nixforge, distribution, the ratio, the target and whether it is met."""
+    rows: list[dict[str, Any]] = []
+
+    def add(figure: str, ours: float | None, theirs: float | None, target: str,
+            met: Callable[[float, float], bool]) -> None:
+        ratio = _ratio(ours, theirs) if ours is not None and theirs else None
+        rows.append({"figure": figure, "nixforge": ours, "distribution": theirs, "ratio": ratio, "target": target,
+                     "met": None if ours is None or theirs is None else bool(met(ours, theirs))})
+
+    for connections in (1, 16):
+        ours, theirs = (_point(results, "blob-large", connections, name) for name in ("nixforge", "distribution"))
+        if ours and theirs:
+            add(f"blob GET MB/s, {connections} client{'s' if connections > 1 else ''}", ours["mb_per_s"],
+                theirs["mb_per_s"], ">= 1.5x", lambda a, b: a >= 1.5 * b)
+    blob_rows = [row for row in results["summary"] if row["case"] == "blob-large"]
+    cpu = {name: None for name in ("nixforge", "distribution")}
+    for name in cpu:
+        mine = [row for row in blob_rows if row["server"] == name]
+        if mine:
+            cpu[name] = round(statistics.median(row["cpu_s_per_gb"] for row in mine), 3)
+    add("server CPU s per GB served", cpu["nixforge"], cpu["distribution"], "<= 0.5x", lambda a, b: a <= 0.5 * b)
+    ours, theirs = (_point(results, "manifest-tag", 64, name) for name in ("nixforge", "distribution"))
+    if ours and theirs:
+        add("cached manifest GET req/s, wrk -c64", ours["requests_per_s"], theirs["requests_per_s"], ">= 4.0x",
+            lambda a, b: a >= 4.0 * b)
+        add("manifest p99 ms, wrk -c64", ours["p99_ms"], theirs["p99_ms"], "<= 0.5x", lambda a, b: a <= 0.5 * b)
+    ours, theirs = (_point(results, "manifest-tag", 1000, name) for name in ("nixforge", "distribution"))
+    if ours and theirs:
+        add("1,000 manifest clients: errors", ours["errors"], theirs["errors"], "0 (all answered)",
+            lambda a, b: a == 0)
+        add("1,000 manifest clients: p99 ms", ours["p99_ms"], theirs["p99_ms"], "<= 1.0x", lambda a, b: a <= b)
+    ours, theirs = (_point(results, "blob-large", 16, name) for name in ("nixforge", "distribution"))
+    if ours and theirs:
+        add("peak RSS MiB, 16 clients on the big blob", ours["peak_rss_mb"], theirs["peak_rss_mb"],
+            "<= 100 MiB and <= 1.0x", lambda a, b: a <= 100 and a <= b)
+    warm = results.get("warm_pull")
+    if warm:
+        add("warm pull s (skopeo copy to OCI layout)", warm["nixforge"]["median_s"],
+            warm["distribution"]["median_s"], "<= 1.0x", lambda a, b: a <= b)
+    cold = results.get("cold_pull")
+    if cold:
+        rows.append({"figure": f"cold-pull overhead, {results['settings']['closure_paths']}-path closure "
+                               "(first pull / (nix build + warm pull))",
+                     "nixforge": cold["median_overhead"], "distribution": None, "ratio": None, "target": "< 1.3",
+                     "met": cold["median_overhead"] < 1.3})
+    cache = results.get("cold_cache_manifest", {})
+    if cache.get("nixforge") and cache.get("distribution"):
+        dropped = all(r["cache_dropped"] for rounds in cache.values() for r in rounds)
+        state = "cold page cache" if dropped else "page cache NOT dropped (not allowed)"
+        worst = {name: statistics.median(r["max_ms"] for r in rounds) for name, rounds in cache.items()}
+        add(f"manifest GET max ms per round, 16 big-blob downloads, {state}", worst["nixforge"],
+            worst["distribution"], "< 50 ms", lambda a, b: a < 50)
+        worst = {name: max(r["max_ms"] for r in rounds) for name, rounds in cache.items()}
+        add(f"manifest GET max ms, worst round, {state}", worst["nixforge"], worst["distribution"], "< 50 ms",
+            lambda a, b: a < 50)
+    return rows
+
+
+def figures_table(results: dict[str, Any]) -> str:
+    """The figures as a Markdown table, with the machine, date and versions above it."""
+    versions = ", ".join(f"{name} {value}" for name, value in results["versions"].items())
+    machine = results["machine"]
+    lines = [f"{results['date']}; {machine['nproc']} CPUs, {machine['memory_mib']} MiB, kernel {machine['kernel']}",
+             versions,
+             f"nixforge run with {' '.join(f'{k}={v}' for k, v in CAPS.items())}, backlog {BACKLOG}; "
+             f"medians of {results['settings']['repeat']} rounds",
+             "",
+             "| figure | nixforge | distribution | nixforge / distribution | target | met |",
+             "|---|---|---|---|---|---|"]
+    for row in results["figures"]:
+        met = {True: "yes", False: "no", None: "-"}[row["met"]]
+        theirs = "-" if row["distribution"] is None else row["distribution"]
+        ratio = "-" if row["ratio"] is None else row["ratio"]
+        lines.append(f"| {row['figure']} | {row['nixforge']} | {theirs} | {ratio} | {row['target']} | {met} |")
+    return "\n".join(lines)
 
 
 def summarize(points: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -421,6 +540,19 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+DEFAULT_POINTS = "blob-large:1,blob-large:16,manifest-tag:64,manifest-tag:1000"
+
+
+def _points(text: str) -> list[tuple[str, int]]:
+    points = []
+    for item in text.split(","):
+        case, _, clients = item.partition(":")
+        if case not in CASES or not clients.isdigit():
+            raise argparse.ArgumentTypeError(f"not case:clients with a case in {','.join(CASES)}: {item}")
+        points.append((case, int(clients)))
+    return points
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -429,11 +561,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3,
                         help="rounds per point, servers alternating; medians are reported (default 3)")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per case and server")
-    parser.add_argument("--concurrency", type=lambda text: [int(n) for n in text.split(",")], default=[1, 8, 32],
-                        help="comma-separated client counts (default 1,8,32)")
-    parser.add_argument("--cases", type=lambda text: text.split(","), default=list(CASES),
-                        help="comma-separated subset of " + ",".join(CASES))
-    parser.add_argument("--blob-mb", type=int, default=100, help="size of the large file in the image, in MB")
+    parser.add_argument("--points", type=_points, default=_points(DEFAULT_POINTS),
+                        help="comma-separated case:clients pairs measured with wrk (default " + DEFAULT_POINTS + ")")
+    parser.add_argument("--blob-mib", type=int, default=256, help="size of the large random file, in MiB")
+    parser.add_argument("--closure-paths", type=int, default=100,
+                        help="store paths in each cold-pull closure (default 100)")
+    parser.add_argument("--cold-seconds", type=float, default=4.0,
+                        help="seconds of manifest sampling during the cold-cache blob downloads")
     parser.add_argument("--twistd", default=default_twistd(), help="the twistd that has the nixforge plugin")
     parser.add_argument("--peer-only", action="store_true",
                         help="measure distribution alone on a synthetic image (when nixforge cannot start)")
@@ -443,10 +577,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write the JSON."""
     args = parse_args(argv)
+    # A TERM (a timeout, a kill) unwinds like Ctrl-C, so the servers are stopped and the temp dir removed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install -y wrk")
     results = run(args)
     print(table(results))
+    print()
+    print(figures_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from attrs import frozen
 
@@ -86,15 +87,24 @@ def choose_manifest(accept_headers: Iterable[str], manifests: ImageManifests) ->
     gets OCI too: we never 404 a manifest that exists because of Accept (distribution would, for OCI).
     An image index goes to a client that accepts either index type; one that accepts neither gets
     the host's image (as distribution gives old clients the default platform's manifest).
+    The decisions are remembered per distinct Accept value (a client sends the same one every time).
     """
-    ranges = parse_accept(accept_headers)
-    if not ranges:
-        return manifests.oci
-    if manifests.is_index and max(quality_of(ranges, manifests.oci.media_type),
-                                  quality_of(ranges, manifests.docker.media_type)) == 0:
-        return choose_manifest(accept_headers, manifests.host_image())
-    oci_quality = quality_of(ranges, manifests.oci.media_type)
-    docker_quality = quality_of(ranges, manifests.docker.media_type)
-    if docker_quality > oci_quality:
+    headers = tuple(accept_headers)
+    oci_type, docker_type = manifests.oci.media_type, manifests.docker.media_type
+    if manifests.is_index and not _accepts_either(headers, oci_type, docker_type):
+        return choose_manifest(headers, manifests.host_image())
+    if _prefers_docker(headers, oci_type, docker_type):
         return manifests.docker
     return manifests.oci
+
+
+@lru_cache(maxsize=256)
+def _accepts_either(accept_headers: tuple[str, ...], oci_type: str, docker_type: str) -> bool:
+    ranges = parse_accept(accept_headers)
+    return not ranges or max(quality_of(ranges, oci_type), quality_of(ranges, docker_type)) > 0
+
+
+@lru_cache(maxsize=256)
+def _prefers_docker(accept_headers: tuple[str, ...], oci_type: str, docker_type: str) -> bool:
+    ranges = parse_accept(accept_headers)
+    return bool(ranges) and quality_of(ranges, docker_type) > quality_of(ranges, oci_type)

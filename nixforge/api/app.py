@@ -15,10 +15,11 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import NotFound
 
 from nixforge.api.accept import choose_manifest
-from nixforge.api.blob_sender import BlobProducer, parse_range
+from nixforge.api.blob_sender import parse_range
 from nixforge.api.errors import API_VERSION, API_VERSION_HEADER, INTERNAL_ERROR, HttpError, error_response, write_error
 from nixforge.api.pagination import next_link, paginate, parse_page_request
 from nixforge.api.refresh import refresh
+from nixforge.api.sendfile import send_blob
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
 from nixforge.oci.referrers import referrers_index
@@ -220,7 +221,7 @@ class RegistryApi:
             request.setResponseCode(206)
             request.setHeader(b"Content-Range", byte_range.content_range().encode())
         request.setHeader(b"Content-Length", str(length).encode())
-        await BlobProducer(request, blob.open(), offset, length, self._schedule).start()
+        await send_blob(request, blob.open(), offset, length, self._reactor, self._schedule)
         return None
 
     async def _referrers(self, request: IRequest, name: str, digest_text: str) -> bytes:

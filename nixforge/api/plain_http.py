@@ -25,6 +25,9 @@ TLS_REFUSAL = (
 class _RefuseTLS(ProtocolWrapper):
     """Pass bytes to HTTP, unless the connection opens with a TLS handshake record."""
 
+    # Response bytes pass to the TCP transport unchanged, so a blob may be sent below this wrapper
+    # (nixforge.api.sendfile looks for this mark; TLS, which encrypts, has none).
+    passes_bytes_unchanged = True
     _checked = False
 
     def dataReceived(self, data: bytes) -> None:

@@ -4,28 +4,49 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from nixforge.oci.documents import ManifestDocument
+from nixforge.oci.documents import ImageManifests, ManifestDocument
 
 
 class ManifestCache:
-    """Keep the last `capacity` images' manifests (both forms of an image count as one)."""
+    """Keep the last `capacity` images' manifests (both forms of an image count as one).
+
+    An image added whole (`add_image`) is also kept assembled, so a hot tag is answered with no
+    JSON work at all (an index's members, an image's SBOM referrers, already put together).
+    """
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._images: OrderedDict[str, tuple[ManifestDocument, ...]] = OrderedDict()
         self._image_of: dict[str, str] = {}
+        self._assembled: dict[str, ImageManifests] = {}
 
-    def add(self, *documents: ManifestDocument) -> None:
-        """Remember the documents of one image as the most recently used."""
+    def add_image(self, manifests: ImageManifests) -> None:
+        """Remember an image's documents, and the image as assembled, as the most recently used."""
+        self._assembled[self.add(manifests.oci, manifests.docker, *manifests.related())] = manifests
+
+    def image(self, digest: str) -> ImageManifests | None:
+        """The image added whole whose OCI form has this digest, if it is still kept."""
+        key = self._image_of.get(digest)
+        manifests = self._assembled.get(key) if key is not None else None
+        if manifests is None or manifests.oci.digest != digest:
+            return None
+        self._images.move_to_end(key)
+        return manifests
+
+    def add(self, *documents: ManifestDocument) -> str:
+        """Remember the documents of one image as the most recently used; return its key."""
         key = " ".join(document.digest for document in documents)
         self._images[key] = documents
         self._images.move_to_end(key)
         for document in documents:
             self._image_of[document.digest] = key
         while len(self._images) > self._capacity:
-            _, evicted = self._images.popitem(last=False)
+            evicted_key, evicted = self._images.popitem(last=False)
+            self._assembled.pop(evicted_key, None)
             for document in evicted:
-                self._image_of.pop(document.digest, None)
+                if self._image_of.get(document.digest) == evicted_key:
+                    del self._image_of[document.digest]
+        return key
 
     def get(self, digest: str) -> ManifestDocument | None:
         """Return the cached manifest with this digest, if any, marking its image as used."""

@@ -113,7 +113,23 @@ class ImageService:
 
     def resolve_tag(self, name: str, tag: str) -> Deferred[ImageManifests]:
         """Both manifests of name:tag: from the index if fresh, else from a (shared) build."""
+        cached = self._cached_tag(name, tag)
+        if cached is not None:
+            return succeed(cached)
         return ensureDeferred(self._resolve_tag(name, tag))
+
+    def _cached_tag(self, name: str, tag: str) -> ImageManifests | None:
+        """A fresh stored name:tag whose manifests are both in memory (no disk, JSON or coroutine); else None."""
+        if not self.policy.allows_name(name) or self.policy.refusal(tag) is not None:
+            return None  # the full path raises the right error
+        record = self.index.get(name, tag)  # only names that map to a target were ever built and stored
+        if record is None or self._is_stale(record):
+            return None
+        manifests = self._cache.image(record.oci_digest)
+        if manifests is None or manifests.docker.digest != record.docker_digest:
+            return None
+        self.keeper.pulled(name, tag)
+        return manifests
 
     async def _resolve_tag(self, name: str, tag: str) -> ImageManifests:
         self.policy.check_name(name)
@@ -228,7 +244,7 @@ class ImageService:
             self.keeper.end_build(lease)
         self.keeper.stored()
         self._refresh_failed_at.pop(key, None)
-        self._cache.add(manifests.oci, manifests.docker, *manifests.related())
+        self._cache.add_image(manifests)
         log.info("build finished {name}:{tag} in {seconds:.1f}s: {digest}", name=target.name, tag=tag,
                  seconds=self.reactor.seconds() - started, digest=manifests.oci.digest)
         return manifests
@@ -304,11 +320,12 @@ class ImageService:
         oci = await self._document(record.oci_digest)
         docker = await self._document(record.docker_digest)
         related = [await self._document(digest) for digest in record.manifests]
-        self._cache.add(oci, docker, *related)
         try:
-            return stored_manifests(oci, docker, related, self.host_platform)
+            manifests = stored_manifests(oci, docker, related, self.host_platform)
         except (KeyError, ValueError, TypeError, AttributeError) as error:
             raise ManifestUnknown("stored index is inconsistent", {"digest": oci.digest}) from error
+        self._cache.add_image(manifests)
+        return manifests
 
     async def _document(self, digest: str) -> ManifestDocument:
         cached = self._cache.get(digest)

@@ -502,3 +502,33 @@ def test_an_unchanged_refresh_does_not_bring_back_a_record_gc_evicted() -> None:
     assert index.get("hello", "latest") is None
     builder.release()
     assert index.get("hello", "latest") is not None
+
+
+def test_a_cached_fresh_tag_is_answered_from_memory_without_store_or_thread() -> None:
+    threaded: list[object] = []
+    service, builder, _ = make_service(run_in_thread=lambda f, *a: threaded.append(f) or maybeDeferred(f, *a))
+    service.resolve_tag("hello", "latest")
+    builder.release()
+    record = service.index.get("hello", "latest")
+    threaded.clear()
+    reads: list[str] = []
+    original_read = service.store.read
+    service.store.read = lambda digest: reads.append(digest) or original_read(digest)  # type: ignore[method-assign]
+    answer = service.resolve_tag("hello", "latest")
+    assert answer.called
+    both = result_of(answer)
+    assert (both.oci.digest, both.docker.digest) == (record.oci_digest, record.docker_digest)
+    assert reads == [] and threaded == []
+
+
+def test_an_evicted_tag_is_read_from_the_store_again() -> None:
+    service, builder, _ = make_service(cache_size=1)
+    for name in ["a", "b"]:
+        service.resolve_tag(name, "latest")
+        builder.release()
+    reads: list[str] = []
+    original_read = service.store.read
+    service.store.read = lambda digest: reads.append(digest) or original_read(digest)  # type: ignore[method-assign]
+    record = service.index.get("a", "latest")
+    assert result_of(service.resolve_tag("a", "latest")).oci.digest == record.oci_digest
+    assert sorted(reads) == sorted([record.oci_digest, record.docker_digest])

@@ -98,3 +98,15 @@ def test_an_index_tag_survives_a_restart_with_its_members_and_referrers(tmp_path
 def test_referrers_of_a_name_the_policy_refuses_are_unknown(tmp_path: Path) -> None:
     service, _ = make(tmp_path)
     assert result_of(service.referrers("other", "sha256:" + "0" * 64)).check(NameUnknown)
+
+
+def test_a_cached_index_tag_is_answered_whole_from_memory(tmp_path: Path) -> None:
+    """The fast path for a hot tag keeps the index's members and each image's referrers."""
+    service, _ = make(tmp_path)
+    built = result_of(service.resolve_tag("hello", "latest"))
+    service.store.read = None  # type: ignore[method-assign]  # any store read now fails the test
+    again = service.resolve_tag("hello", "latest")
+    assert again.called  # answered synchronously
+    cached = result_of(again)
+    assert cached.is_index and cached.members == built.members and cached.host_image() == built.host_image()
+    assert all(member.referrers for member in cached.members)
