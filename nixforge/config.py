@@ -250,6 +250,8 @@ SETTINGS: tuple[Setting, ...] = (
             "How long a tag's superseded manifest digests stay resolvable: seconds, or with s/m/h/d."),
     Setting("gc_interval", "NIXFORGE_GC_INTERVAL", "gc-interval", "3600", _positive_duration,
             "Seconds between GC runs (GC also runs after a build when the store is over its cap)."),
+    Setting("ready_interval", "NIXFORGE_READY_INTERVAL", "ready-interval", "30", _positive_duration,
+            "Seconds between readiness checks (data dir writable, nix --version runs), cached for /readyz."),
     Setting("nix_binary", "NIXFORGE_NIX", "nix", "nix", str, "The nix executable."),
     Setting("accept_flake_config", "NIXFORGE_ACCEPT_FLAKE_CONFIG", "accept-flake-config", "true", _boolean,
             "true or false: true passes --accept-flake-config to Nix, trusting the configured flake's "
@@ -302,6 +304,7 @@ class ForgeConfig:
     max_store_size: int | None = None
     retention: float = 7 * 86400.0
     gc_interval: float = 3600.0
+    ready_interval: float = 30.0
     nix_binary: str = "nix"
     accept_flake_config: bool = True
     nix_options: tuple[tuple[str, str], ...] = ()

@@ -37,6 +37,7 @@ from nixforge.images.systems import SystemsBuilder, host_platform, host_system
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.layer_cache import LayerCache
+from nixforge.readiness import ReadinessCheck, ReadinessService
 from nixforge.refresh_access import RefreshAccess
 from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.gc import GarbageCollector
@@ -216,7 +217,9 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
         catalog=FlakeCatalog(nix, host, timeout=config.build_timeout), host_platform=host_platform(),
         failure_ttl=config.failure_ttl,
     )
-    api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
+    readiness = ReadinessCheck(config.data_dir, run_in_thread, nix.version)
+    ReadinessService(readiness, config.ready_interval).setServiceParent(root)
+    api = RegistryApi(images, reactor, readiness=lambda: readiness.current, max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
                       refresh_access=_refresh_access(config))
     endpoint = endpoints.serverFromString(reactor, config.endpoint)

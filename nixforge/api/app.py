@@ -24,6 +24,7 @@ from nixforge.api.routing import CONVERTERS
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
 from nixforge.oci.referrers import referrers_index
+from nixforge.readiness import NOT_CHECKED, Readiness
 from nixforge.references import Digest, parse_digest, parse_reference, validate_name
 from nixforge.refresh_access import RefreshAccess
 
@@ -141,7 +142,9 @@ class RegistryApi:
         max_tag_length: int = 128,
         error_log_tail: bool = True,
         refresh_access: RefreshAccess | None = None,
+        readiness: Callable[[], Readiness] | None = None,
     ) -> None:
+        self._readiness = readiness or (lambda: NOT_CHECKED)
         self._images = images
         self._error_log_tail = error_log_tail
         self._refresh_access = refresh_access or RefreshAccess()
@@ -196,6 +199,21 @@ class RegistryApi:
     async def tags(self, request: IRequest, name: str) -> bytes:
         """`/v2/<name>/tags/list`, paged."""
         return await self._tags(request, validate_name(name, self._max_name_length))
+
+    @app.route("/healthz")
+    @_read_only("/healthz")
+    async def healthz(self, request: IRequest) -> bytes:
+        """Liveness: 200 while the process serves."""
+        return self._json(request, {"status": "alive"})
+
+    @app.route("/readyz")
+    @_read_only("/readyz")
+    async def readyz(self, request: IRequest) -> bytes:
+        """Readiness from the last periodic check: 200, or 503 saying what is wrong."""
+        state = self._readiness()
+        if state.ready:
+            return self._json(request, {"status": "ready"})
+        raise HttpError("UNAVAILABLE", "not ready", {"problems": list(state.problems)})
 
     @app.route("/-/refresh", strict_slashes=False)
     @app.route("/-/refresh/<path:name>")

@@ -166,6 +166,11 @@ class NixClient:
         argv = metadata_argv(self.nix_binary, flake_ref, self.settings, refresh)
         return self._run(argv, parse_metadata_output, timeout)
 
+    def version(self, timeout: float = 30.0) -> Deferred[str]:
+        """Run `nix --version`; fire with its first line (the readiness check: Nix runs)."""
+        argv = [self.nix_binary, "--version"]
+        return self._run(argv, lambda out: out.decode("utf-8", errors="replace").strip().splitlines()[0], timeout)
+
     def stop(self) -> Deferred[None]:
         """Terminate every running nix process group; fire once all of them have exited."""
         waits = [running.terminate() for running in list(self._running)]
