@@ -14,6 +14,8 @@ class ManifestCache:
         self._capacity = capacity
         self._images: OrderedDict[str, tuple[ManifestDocument, ...]] = OrderedDict()
         self._image_of: dict[str, str] = {}
+        self.hits = 0
+        self.misses = 0
 
     def add(self, *documents: ManifestDocument) -> None:
         """Remember the documents of one image as the most recently used."""
@@ -31,7 +33,9 @@ class ManifestCache:
         """Return the cached manifest with this digest, if any, marking its image as used."""
         key = self._image_of.get(digest)
         if key is None:
+            self.misses += 1
             return None
+        self.hits += 1
         self._images.move_to_end(key)
         return next(document for document in self._images[key] if document.digest == digest)
 
