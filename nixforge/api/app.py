@@ -16,11 +16,16 @@ from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from nixforge.api.accept import choose_manifest
+from nixforge.api.access_log import UNMATCHED_ROUTE, build_note, set_route
 from nixforge.api.blob_sender import BlobProducer, parse_range
+from nixforge.api.builds import BuildBook
 from nixforge.api.errors import API_VERSION, API_VERSION_HEADER, INTERNAL_ERROR, HttpError, error_response, write_error
+from nixforge.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from nixforge.api.metrics import RegistryMetrics
 from nixforge.api.pagination import next_link, paginate, parse_page_request
 from nixforge.api.refresh import refresh
 from nixforge.api.routing import CONVERTERS
+from nixforge.images.build_events import build_request
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
 from nixforge.oci.referrers import referrers_index
@@ -59,20 +64,6 @@ def etag_matches(if_none_match: list[str], digest: str) -> bool:
     return False
 
 
-UNMATCHED_ROUTE = "unmatched"
-_ROUTE_ATTRIBUTE = "nixforge_route"
-
-
-def set_route(request: IRequest, template: str) -> None:
-    """Note on the request which route template served it (for the access log and metrics)."""
-    setattr(request, _ROUTE_ATTRIBUTE, template)
-
-
-def route_of(request: IRequest) -> str:
-    """The route template that served `request`, or `unmatched`."""
-    return getattr(request, _ROUTE_ATTRIBUTE, UNMATCHED_ROUTE)
-
-
 _Handler = Callable[..., Awaitable[bytes | None]]
 
 
@@ -84,6 +75,7 @@ def _read_only(template: str) -> Callable[[_Handler], _Handler]:
         @functools.wraps(handler)
         async def route(self: RegistryApi, request: IRequest, *args: Any, **kwargs: Any) -> bytes | None:
             set_route(request, template)
+            build_request.set(build_note(request))
             try:
                 self._require_read(request)
                 return await handler(self, request, *args, **kwargs)
@@ -143,7 +135,11 @@ class RegistryApi:
         error_log_tail: bool = True,
         refresh_access: RefreshAccess | None = None,
         readiness: Callable[[], Readiness] | None = None,
+        builds: BuildBook | None = None,
+        metrics: RegistryMetrics | None = None,
     ) -> None:
+        self._builds = builds or BuildBook()
+        self._metrics = metrics
         self._readiness = readiness or (lambda: NOT_CHECKED)
         self._images = images
         self._error_log_tail = error_log_tail
@@ -214,6 +210,40 @@ class RegistryApi:
         if state.ready:
             return self._json(request, {"status": "ready"})
         raise HttpError("UNAVAILABLE", "not ready", {"problems": list(state.problems)})
+
+    @app.route("/metrics")
+    @_read_only("/metrics")
+    async def metrics(self, request: IRequest) -> bytes:
+        """Prometheus text format of every series (404 when metrics are off)."""
+        if self._metrics is None:
+            raise HttpError("UNSUPPORTED", "metrics are off (NIXFORGE_METRICS=false)", status=404)
+        body = self._metrics.exposition()
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE.encode())
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        return b"" if request.method == b"HEAD" else body
+
+    @app.route("/-/builds")
+    @_read_only("/-/builds")
+    async def builds(self, request: IRequest) -> bytes:
+        """The running and recent builds, newest first."""
+        return self._json(request, {"builds": self._builds.builds()})
+
+    @app.route("/-/builds/<string:build_id>/log")
+    @_read_only("/-/builds/{id}/log")
+    async def build_log(self, request: IRequest, build_id: str) -> bytes | None:
+        """The build's log so far, then its live lines (chunked) until it ends: `curl -N` follows it."""
+        if not self._builds.has(build_id):
+            raise HttpError("NAME_UNKNOWN", "no such build (only the running and the last builds are kept)",
+                            {"build": build_id[:64]}, status=404)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if request.method == b"HEAD":
+            return b""
+        followed = self._builds.follow(build_id, lambda line: request.write(line.encode("utf-8", "replace") + b"\n"))
+        if followed is not None:
+            await followed
+        return None
 
     @app.route("/-/refresh", strict_slashes=False)
     @app.route("/-/refresh/<path:name>")

@@ -24,7 +24,7 @@ from nixforge.nix.commands import (
     parse_path_info,
     path_info_argv,
 )
-from nixforge.nix.log_lines import NixLog, killed_tail
+from nixforge.nix.log_lines import NixLog, build_lines, killed_tail
 from nixforge.nix.process import (
     DEFAULT_KILL_GRACE,
     ProcessResult,
@@ -186,7 +186,7 @@ class NixClient:
         """Spawn `argv`, log its stderr, and fire with `parse(stdout)` or fail with a NixError."""
         timeout = self.timeout if timeout is None else timeout
         command = f"nix {argv[1]}"
-        nix_log = NixLog(tail_lines=self.log_tail_lines, command=command)
+        nix_log = NixLog(tail_lines=self.log_tail_lines, command=command, sink=build_lines.get())
         log.debug("running {argv}", argv=" ".join(argv))
         try:
             running = spawn(
