@@ -1,4 +1,8 @@
-"""The request observer: one access-log line per request and the HTTP metrics, counted in one place."""
+"""The request observer: one access-log line per request and the HTTP metrics, counted in one place.
+
+The line: `METHOD URI STATUS BYTES DURATIONs "USER-AGENT"`, then ` build=ID` when the request
+started a build. It replaces Twisted's combined log (EdgeSite.log writes nothing).
+"""
 
 from __future__ import annotations
 
@@ -63,11 +67,12 @@ class ObservedResource(Resource):
         sent = getattr(request, "sentLength", 0)
         if self._metrics is not None:
             self._metrics.request_done(method, route, request.code, seconds)
-            if route == BLOB_ROUTE:
+            if route == BLOB_ROUTE and request.code in (200, 206):  # blob bytes, not error bodies
                 self._metrics.blob_bytes.inc(sent)
         if self._access_log:
             note = getattr(request, _NOTE_ATTRIBUTE, None)
-            log.info("{method} {path} {status} {bytes} {duration:.3f}s{build}", method=method,
-                     path=request.path.decode("latin-1")[:1000], status=request.code, bytes=sent,
-                     duration=seconds, build="" if note is None or note.build_id is None else
-                     f" build={note.build_id}")
+            agent = request.getHeader(b"user-agent") or b"-"
+            log.info('{method} {path} {status} {bytes} {duration:.3f}s "{agent}"{build}', method=method,
+                     path=request.uri.decode("latin-1")[:1000], status=request.code, bytes=sent,
+                     duration=seconds, agent=agent.decode("latin-1")[:200].replace('"', "'"),
+                     build="" if note is None or note.build_id is None else f" build={note.build_id}")
