@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.http import parse_etags
 
 from nixforge.api.accept import choose_manifest
 from nixforge.api.access_log import UNMATCHED_ROUTE, build_note, set_route
@@ -52,16 +53,8 @@ def _headers(request: IRequest, name: bytes) -> list[str]:
 
 
 def etag_matches(if_none_match: list[str], digest: str) -> bool:
-    """True if an `If-None-Match` list names `digest` (quoted or not, weak or strong) or is `*`."""
-    for header in if_none_match:
-        for candidate in header.split(","):
-            tag = candidate.strip()
-            if tag.startswith("W/"):
-                tag = tag[2:]
-            tag = tag.strip('"')
-            if tag in ("*", digest):
-                return True
-    return False
+    """True if an `If-None-Match` list names `digest` (quoted or not, weak or strong) or is `*` (werkzeug's parser)."""
+    return bool(if_none_match) and parse_etags(", ".join(if_none_match)).contains_weak(digest)
 
 
 _Handler = Callable[..., Awaitable[bytes | None]]
