@@ -49,6 +49,9 @@ class _StateCollector(Collector):
                                   value=self._gc.bytes_freed)
         yield GaugeMetricFamily("nixforge_store_bytes", "Bytes in the blob store (as of the last GC run or build).",
                                 value=self._gc.store_bytes)
+        cap = self._gc.collector.max_size
+        yield GaugeMetricFamily("nixforge_store_cap_bytes", "NIXFORGE_MAX_STORE_SIZE in bytes (0: no cap).",
+                                value=cap or 0)
         yield GaugeMetricFamily("nixforge_store_blobs", "Blobs in the blob store (as of the last GC run or build).",
                                 value=self._gc.store_blobs)
 

@@ -25,7 +25,12 @@ class State:
     manifest_cache_misses = 4
 
 
+class Collector:
+    max_size = 9
+
+
 class Gc:
+    collector = Collector()
     runs = 5
     bytes_freed = 6
     store_bytes = 7
@@ -73,6 +78,7 @@ def test_requests_are_counted_by_route_template(images: FakeImageService, clock:
     assert found[("nixforge_manifest_cache_misses_total", ())] == 4
     assert (found[("nixforge_gc_runs_total", ())], found[("nixforge_gc_freed_bytes_total", ())]) == (5, 6)
     assert (found[("nixforge_store_bytes", ())], found[("nixforge_store_blobs", ())]) == (7, 8)
+    assert found[("nixforge_store_cap_bytes", ())] == 9
     assert not any("team/app" in str(key) or "other" in str(key) for key in found)
     lines = [event for event in events if event.get("log_format", "").startswith("{method}")]
     assert [(e["method"], e["path"], e["status"]) for e in lines][:2] == [
