@@ -17,7 +17,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.http import parse_etags
 
 from nixforge.api.accept import choose_manifest
-from nixforge.api.access_log import UNMATCHED_ROUTE, build_note, set_route
+from nixforge.api.access_log import BLOB_ROUTE, UNMATCHED_ROUTE, build_note, set_route
 from nixforge.api.blob_sender import BlobProducer, parse_range
 from nixforge.api.builds import BuildBook
 from nixforge.api.errors import API_VERSION, API_VERSION_HEADER, INTERNAL_ERROR, HttpError, error_response, write_error
@@ -170,7 +170,7 @@ class RegistryApi:
 
     @app.route("/v2/<repository:name>/blobs/<digest:digest>")
     @app.route("/v2/<anyname:name>/blobs/<segment:digest>")
-    @_read_only("/v2/{name}/blobs/{digest}")
+    @_read_only(BLOB_ROUTE)
     async def blob(self, request: IRequest, name: str, digest: str) -> bytes | None:
         """`/v2/<name>/blobs/<digest>`, whole or one byte range."""
         return await self._blob(request, validate_name(name, self._max_name_length), digest)
@@ -258,8 +258,9 @@ class RegistryApi:
     @app.handle_errors(MethodNotAllowed)
     @_read_only(UNMATCHED_ROUTE)
     async def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes | None:
-        """A route that takes other methods: the read-only registry's 405, in JSON."""
-        raise HttpError("UNSUPPORTED", "no such endpoint", status=404)
+        """A route that takes other methods (werkzeug's 405): the read-only registry's 405, in JSON."""
+        raise HttpError("UNSUPPORTED", "this endpoint takes GET and HEAD only",
+                        {"method": request.method.decode("latin-1")}, headers={"Allow": ALLOWED_METHODS})
 
     async def _manifest(self, request: IRequest, name: str, reference: str) -> bytes:
         parsed = parse_reference(reference, self._max_tag_length)
