@@ -151,10 +151,12 @@ def test_health_and_readiness(forge: ForgeProcess) -> None:
 
 
 def test_readiness_says_what_is_wrong(forge_factory: ForgeFactory, tmp_path: Path) -> None:
-    """With a nix that does not run, /readyz is 503 JSON naming it; /healthz still 200."""
+    """With a nix that does not run, /readyz is 503 JSON naming it; /healthz still 200; probes
+    answer the cached check and start no process."""
     fake = tmp_path / "bin" / "nix"
     fake.parent.mkdir()
-    fake.write_text("#!/bin/sh\nexit 3\n")
+    runs = tmp_path / "runs"
+    fake.write_text(f"#!/bin/sh\necho \"$*\" >> {runs}\nexit 3\n")
     fake.chmod(0o755)
     forge = forge_factory(extra_args=["--nix", str(fake)])
     assert wait_until(lambda: forge.get("/readyz").status == 503, timeout=30)
@@ -162,6 +164,11 @@ def test_readiness_says_what_is_wrong(forge_factory: ForgeFactory, tmp_path: Pat
     assert error["code"] == "UNAVAILABLE"
     assert [problem.split(":")[0] for problem in error["detail"]["problems"]] == ["nix does not run"]
     assert forge.get("/healthz").status == 200
+    before = runs.read_text().splitlines()
+    for _ in range(20):
+        assert forge.get("/readyz").status == 503
+    assert before == ["--version"] and len(runs.read_text().splitlines()) <= 2  # the timer's, not the probes'
+
 
 
 def test_with_authentication_only_the_probes_are_open(forge_factory: ForgeFactory, tmp_path: Path) -> None:
