@@ -22,8 +22,10 @@ setup(
         "zope.interface>=6.0",
         "bcrypt>=4.0",
         "spdx-tools>=0.8.2",
+        "werkzeug>=3.0",
+        "prometheus-client>=0.20",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6", "pyyaml>=6"],
     },
 )

@@ -177,6 +177,13 @@ def parse_size(text: str) -> int | None:
     return size
 
 
+def _log_size(text: str) -> int:
+    size = parse_size(text)
+    if size is None:
+        raise ValueError("must be a size (a build log is always bounded)")
+    return size
+
+
 def parse_duration(text: str) -> float:
     """Seconds from `90`, `90s`, `30m`, `12h` or `7d`; zero is allowed."""
     match = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)", text.strip())
@@ -250,6 +257,16 @@ SETTINGS: tuple[Setting, ...] = (
             "How long a tag's superseded manifest digests stay resolvable: seconds, or with s/m/h/d."),
     Setting("gc_interval", "NIXFORGE_GC_INTERVAL", "gc-interval", "3600", _positive_duration,
             "Seconds between GC runs (GC also runs after a build when the store is over its cap)."),
+    Setting("ready_interval", "NIXFORGE_READY_INTERVAL", "ready-interval", "30", _positive_duration,
+            "Seconds between readiness checks (data dir writable, nix --version runs), cached for /readyz."),
+    Setting("metrics", "NIXFORGE_METRICS", "metrics", "on", _boolean,
+            "on or off: serve Prometheus metrics at GET /metrics (off: no counting at all)."),
+    Setting("access_log", "NIXFORGE_ACCESS_LOG", "access-log", "on", _boolean,
+            "on or off: one INFO line per request (method, path, status, bytes, duration, build id)."),
+    Setting("builds_kept", "NIXFORGE_BUILDS_KEPT", "builds-kept", "50", _positive_int,
+            "Finished builds /-/builds keeps, with their logs, besides the running ones."),
+    Setting("build_log_size", "NIXFORGE_BUILD_LOG_SIZE", "build-log-size", "1M", _log_size,
+            "Bytes of log kept per build (the oldest lines go first), with K/M/G."),
     Setting("nix_binary", "NIXFORGE_NIX", "nix", "nix", str, "The nix executable."),
     Setting("accept_flake_config", "NIXFORGE_ACCEPT_FLAKE_CONFIG", "accept-flake-config", "true", _boolean,
             "true or false: true passes --accept-flake-config to Nix, trusting the configured flake's "
@@ -302,6 +319,11 @@ class ForgeConfig:
     max_store_size: int | None = None
     retention: float = 7 * 86400.0
     gc_interval: float = 3600.0
+    ready_interval: float = 30.0
+    metrics: bool = True
+    access_log: bool = True
+    builds_kept: int = 50
+    build_log_size: int = 1 << 20
     nix_binary: str = "nix"
     accept_flake_config: bool = True
     nix_options: tuple[tuple[str, str], ...] = ()

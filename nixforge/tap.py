@@ -21,13 +21,17 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
 from nixforge import __version__, logs
+from nixforge.api.access_log import ObservedResource
 from nixforge.api.app import RegistryApi
 from nixforge.api.auth import Authenticator, AuthResource
+from nixforge.api.builds import BuildBook
 from nixforge.api.edge import EdgeSite
 from nixforge.api.htpasswd import HtpasswdFile
+from nixforge.api.metrics import BuildMetrics, RegistryMetrics
 from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.api.refresh import body_limit as refresh_body_limit
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
+from nixforge.images.build_events import BuildObservers
 from nixforge.images.builder import ImageBuilder
 from nixforge.images.catalog import FlakeCatalog
 from nixforge.images.image_script import ScriptRunner
@@ -38,6 +42,7 @@ from nixforge.images.systems import SystemsBuilder, host_platform, host_system
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.layer_cache import LayerCache
+from nixforge.readiness import ReadinessCheck, ReadinessService
 from nixforge.refresh_access import RefreshAccess
 from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.gc import GarbageCollector
@@ -237,11 +242,17 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
         catalog=FlakeCatalog(nix, host, timeout=config.build_timeout), host_platform=host_platform(),
         failure_ttl=config.failure_ttl,
     )
-    api = RegistryApi(images, reactor, max_name_length=config.max_name_length,
+    readiness = ReadinessCheck(config.data_dir, run_in_thread, nix.version)
+    ReadinessService(readiness, config.ready_interval, reactor).setServiceParent(root)
+    builds = BuildBook(keep=config.builds_kept, max_log_bytes=config.build_log_size)
+    metrics = RegistryMetrics(images, gc) if config.metrics else None
+    images.observer = BuildObservers((builds, BuildMetrics(metrics))) if metrics is not None else builds
+    api = RegistryApi(images, reactor, readiness=lambda: readiness.current, builds=builds, metrics=metrics,
+                      max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
                       refresh_access=_refresh_access(config))
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
-    site = EdgeSite(_with_auth(api.resource(), config, run_in_thread, reactor),
+    site = EdgeSite(_observed(_with_auth(api.resource(), config, run_in_thread, reactor), config, metrics, reactor),
                     header_timeout=config.header_timeout, send_timeout=config.send_timeout,
                     max_connections=config.max_connections,
                     max_client_connections=config.max_client_connections, reactor=reactor,
@@ -265,6 +276,13 @@ def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, rea
     htpasswd = HtpasswdFile(config.htpasswd, run_in_thread, reactor)
     htpasswd.load()
     return AuthResource(resource, Authenticator(htpasswd, run_in_thread, reactor))
+
+
+def _observed(resource: IResource, config: ForgeConfig, metrics: RegistryMetrics | None, reactor: Any) -> IResource:
+    """The site behind the request observer (access log, HTTP metrics) unless both are off."""
+    if metrics is None and not config.access_log:
+        return resource
+    return ObservedResource(resource, reactor, metrics, access_log=config.access_log)
 
 
 def _refresh_access(config: ForgeConfig) -> RefreshAccess:

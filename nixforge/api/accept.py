@@ -1,82 +1,34 @@
-"""Accept header negotiation (media ranges with q-values) between the OCI and Docker manifest forms."""
+"""Accept header negotiation (werkzeug's media ranges with q-values) between the OCI and Docker manifest forms."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
 
-from attrs import frozen
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
 
 from nixforge.oci.documents import ImageManifests, ManifestDocument
 
 
-@frozen
-class MediaRange:
-    """One media range of an Accept header: `type/subtype` (either may be `*`) and its q-value."""
-
-    type: str
-    subtype: str
-    quality: float
-
-    def specificity(self, media_type: str) -> int:
-        """Return how specifically this range matches `media_type` (2, 1, 0), or -1 if it does not."""
-        main, _, sub = media_type.lower().partition("/")
-        if self.type == "*":
-            return 0 if self.subtype == "*" else -1
-        if self.type != main:
-            return -1
-        if self.subtype == "*":
-            return 1
-        return 2 if self.subtype == sub else -1
+def _range_and_quality(entry: str) -> str:
+    """One Accept entry reduced to its media range and q-value, the two pieces werkzeug gets wrong alone:
+    it ignores a bare `*` (old Java clients send `*; q=.2`) and lets a parameter such as
+    `charset=utf-8` stop a range from matching the bare manifest type the registry serves."""
+    media, *parameters = (part.strip() for part in entry.split(";"))
+    quality = [part for part in parameters if part.lower().replace(" ", "").startswith("q=")]
+    return ";".join(["*/*" if media == "*" else media, *quality[:1]])
 
 
-def _parse_quality(text: str) -> float | None:
-    """Parse a qvalue (`0` to `1`, three decimals at most); None if malformed."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    if not 0.0 <= value <= 1.0:
-        return None
-    return value
+def parse_accept(headers: Iterable[str]) -> MIMEAccept:
+    """Every Accept header value as one werkzeug MIMEAccept; malformed entries and q-values are dropped."""
+    entries = [_range_and_quality(entry) for header in headers for entry in header.split(",")]
+    return parse_accept_header(",".join(entries), MIMEAccept)
 
 
-def parse_accept(headers: Iterable[str]) -> list[MediaRange]:
-    """Parse every Accept header value into media ranges; malformed entries are skipped."""
-    ranges: list[MediaRange] = []
-    for header in headers:
-        for entry in header.split(","):
-            parts = [part.strip() for part in entry.split(";")]
-            media = parts[0].lower()
-            if not media:
-                continue
-            if media == "*":
-                media = "*/*"
-            main, slash, sub = media.partition("/")
-            if not slash or not main or not sub or (main == "*" and sub != "*"):
-                continue
-            quality: float | None = 1.0
-            for param in parts[1:]:
-                key, _, value = param.partition("=")
-                if key.strip().lower() == "q":
-                    quality = _parse_quality(value.strip())
-                    break
-            if quality is not None:
-                ranges.append(MediaRange(main, sub, quality))
-    return ranges
-
-
-def quality_of(ranges: list[MediaRange], media_type: str) -> float:
-    """Return the q-value the ranges give `media_type`: the most specific matching range wins."""
-    best_specificity = -1
-    best_quality = 0.0
-    for media_range in ranges:
-        specificity = media_range.specificity(media_type)
-        if specificity > best_specificity:
-            best_specificity, best_quality = specificity, media_range.quality
-        elif specificity == best_specificity >= 0:
-            best_quality = max(best_quality, media_range.quality)
-    return best_quality
+def quality_of(accept: MIMEAccept, media_type: str) -> float:
+    """The q-value the Accept header gives `media_type`: the most specific matching range wins."""
+    return float(accept.quality(media_type))
 
 
 def choose_manifest(accept_headers: Iterable[str], manifests: ImageManifests) -> ManifestDocument:
@@ -101,10 +53,10 @@ def choose_manifest(accept_headers: Iterable[str], manifests: ImageManifests) ->
 @lru_cache(maxsize=256)
 def _accepts_either(accept_headers: tuple[str, ...], oci_type: str, docker_type: str) -> bool:
     ranges = parse_accept(accept_headers)
-    return not ranges or max(quality_of(ranges, oci_type), quality_of(ranges, docker_type)) > 0
+    return not list(ranges) or max(quality_of(ranges, oci_type), quality_of(ranges, docker_type)) > 0
 
 
 @lru_cache(maxsize=256)
 def _prefers_docker(accept_headers: tuple[str, ...], oci_type: str, docker_type: str) -> bool:
     ranges = parse_accept(accept_headers)
-    return bool(ranges) and quality_of(ranges, docker_type) > quality_of(ranges, oci_type)
+    return bool(list(ranges)) and quality_of(ranges, docker_type) > quality_of(ranges, oci_type)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any
-from urllib.parse import unquote
 
 from klein import Klein
 from twisted.internet.defer import CancelledError
@@ -12,17 +13,25 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from werkzeug.exceptions import NotFound
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.http import parse_etags
 
 from nixforge.api.accept import choose_manifest
+from nixforge.api.access_log import BLOB_ROUTE, UNMATCHED_ROUTE, build_note, set_route
 from nixforge.api.blob_sender import parse_range
+from nixforge.api.builds import BuildBook
 from nixforge.api.errors import API_VERSION, API_VERSION_HEADER, INTERNAL_ERROR, HttpError, error_response, write_error
+from nixforge.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from nixforge.api.metrics import RegistryMetrics
 from nixforge.api.pagination import next_link, paginate, parse_page_request
 from nixforge.api.refresh import refresh
+from nixforge.api.routing import CONVERTERS
 from nixforge.api.sendfile import send_blob
+from nixforge.images.build_events import build_request
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
 from nixforge.oci.referrers import referrers_index
+from nixforge.readiness import NOT_CHECKED, Readiness
 from nixforge.references import Digest, parse_digest, parse_reference, validate_name
 from nixforge.refresh_access import RefreshAccess
 
@@ -30,7 +39,6 @@ log = Logger()
 
 ALLOWED_METHODS = "GET, HEAD"
 _READ_METHODS = (b"GET", b"HEAD")
-_TAGS_SUFFIX = "/tags/list"
 _SUCCESS_ONLY_HEADERS = (b"Content-Range", b"Docker-Content-Digest", b"ETag", b"Vary", b"Link")
 
 
@@ -46,27 +54,33 @@ def _headers(request: IRequest, name: bytes) -> list[str]:
 
 
 def etag_matches(if_none_match: list[str], digest: str) -> bool:
-    """True if an `If-None-Match` list names `digest` (quoted or not, weak or strong) or is `*`."""
-    for header in if_none_match:
-        for candidate in header.split(","):
-            tag = candidate.strip()
-            if tag.startswith("W/"):
-                tag = tag[2:]
-            tag = tag.strip('"')
-            if tag in ("*", digest):
-                return True
-    return False
+    """True if an `If-None-Match` list names `digest` (quoted or not, weak or strong) or is `*` (werkzeug's parser)."""
+    return bool(if_none_match) and parse_etags(", ".join(if_none_match)).contains_weak(digest)
 
 
-def _split_route(rest: str) -> tuple[str, str, str] | None:
-    """Split the path after `/v2/` into (name, kind, argument); None if it is no known endpoint."""
-    if rest.endswith(_TAGS_SUFFIX):
-        return rest[: -len(_TAGS_SUFFIX)], "tags", ""
-    head, _, argument = rest.rpartition("/")
-    name, _, kind = head.rpartition("/")
-    if not argument or not name or kind not in ("manifests", "blobs", "referrers"):
-        return None
-    return name, kind, argument
+_Handler = Callable[..., Awaitable[bytes | None]]
+
+
+def _read_only(template: str) -> Callable[[_Handler], _Handler]:
+    """Route decorator: note the route template, refuse writes (405 with Allow), and answer every
+    error a handler raises with its OCI JSON response."""
+
+    def decorate(handler: _Handler) -> _Handler:
+        @functools.wraps(handler)
+        async def route(self: RegistryApi, request: IRequest, *args: Any, **kwargs: Any) -> bytes | None:
+            set_route(request, template)
+            build_request.set(build_note(request))
+            try:
+                self._require_read(request)
+                return await handler(self, request, *args, **kwargs)
+            except CancelledError:
+                raise
+            except Exception as error:
+                return self._error(request, error)
+
+        return route
+
+    return decorate
 
 
 def _utf8_url(request: IRequest) -> bool:
@@ -104,6 +118,7 @@ class RegistryApi:
     app = Klein()
     # werkzeug would answer `/v2//x` with an HTML 308 to `/v2/x`; a registry path has no empty part to merge.
     app.url_map.merge_slashes = False
+    app.url_map.converters.update(CONVERTERS)
 
     def __init__(
         self,
@@ -113,7 +128,13 @@ class RegistryApi:
         max_tag_length: int = 128,
         error_log_tail: bool = True,
         refresh_access: RefreshAccess | None = None,
+        readiness: Callable[[], Readiness] | None = None,
+        builds: BuildBook | None = None,
+        metrics: RegistryMetrics | None = None,
     ) -> None:
+        self._builds = builds or BuildBook()
+        self._metrics = metrics
+        self._readiness = readiness or (lambda: NOT_CHECKED)
         self._images = images
         self._error_log_tail = error_log_tail
         self._refresh_access = refresh_access or RefreshAccess()
@@ -130,65 +151,117 @@ class RegistryApi:
         return _ApiVersionResource(self.app.resource())
 
     @app.route("/v2", strict_slashes=False)
-    def base(self, request: IRequest) -> bytes:
+    @_read_only("/v2/")
+    async def base(self, request: IRequest) -> bytes:
         """`/v2/`: the API version check."""
-        try:
-            self._require_read(request)
-            return self._json(request, {})
-        except Exception as error:
-            return self._error(request, error)
+        return self._json(request, {})
 
-    @app.route("/v2/<path:rest>")
-    async def v2(self, request: IRequest, rest: str) -> bytes | None:
-        """Every other path under `/v2/`: dispatch on its suffix."""
-        try:
-            self._require_read(request)
-            return await self._dispatch(request, rest)
-        except CancelledError:
-            raise
-        except Exception as error:
-            return self._error(request, error)
+    @app.route("/v2/_catalog")
+    @_read_only("/v2/_catalog")
+    async def catalog(self, request: IRequest) -> bytes:
+        """`/v2/_catalog`: the repositories, paged."""
+        return await self._catalog(request)
+
+    @app.route("/v2/<repository:name>/manifests/<segment:reference>")
+    @app.route("/v2/<anyname:name>/manifests/<segment:reference>")
+    @_read_only("/v2/{name}/manifests/{reference}")
+    async def manifest(self, request: IRequest, name: str, reference: str) -> bytes:
+        """`/v2/<name>/manifests/<tag or digest>`."""
+        return await self._manifest(request, validate_name(name, self._max_name_length), reference)
+
+    @app.route("/v2/<repository:name>/blobs/<digest:digest>")
+    @app.route("/v2/<anyname:name>/blobs/<segment:digest>")
+    @_read_only(BLOB_ROUTE)
+    async def blob(self, request: IRequest, name: str, digest: str) -> bytes | None:
+        """`/v2/<name>/blobs/<digest>`, whole or one byte range."""
+        return await self._blob(request, validate_name(name, self._max_name_length), digest)
+
+    @app.route("/v2/<repository:name>/referrers/<digest:digest>")
+    @app.route("/v2/<anyname:name>/referrers/<segment:digest>")
+    @_read_only("/v2/{name}/referrers/{digest}")
+    async def referrers(self, request: IRequest, name: str, digest: str) -> bytes:
+        """`/v2/<name>/referrers/<digest>`: the artifacts whose subject is the digest."""
+        return await self._referrers(request, validate_name(name, self._max_name_length), digest)
+
+    @app.route("/v2/<repository:name>/tags/list")
+    @app.route("/v2/<anyname:name>/tags/list")
+    @_read_only("/v2/{name}/tags/list")
+    async def tags(self, request: IRequest, name: str) -> bytes:
+        """`/v2/<name>/tags/list`, paged."""
+        return await self._tags(request, validate_name(name, self._max_name_length))
+
+    @app.route("/healthz")
+    @_read_only("/healthz")
+    async def healthz(self, request: IRequest) -> bytes:
+        """Liveness: 200 while the process serves."""
+        return self._json(request, {"status": "alive"})
+
+    @app.route("/readyz")
+    @_read_only("/readyz")
+    async def readyz(self, request: IRequest) -> bytes:
+        """Readiness from the last periodic check: 200, or 503 saying what is wrong."""
+        state = self._readiness()
+        if state.ready:
+            return self._json(request, {"status": "ready"})
+        raise HttpError("UNAVAILABLE", "not ready", {"problems": list(state.problems)})
+
+    @app.route("/metrics")
+    @_read_only("/metrics")
+    async def metrics(self, request: IRequest) -> bytes:
+        """Prometheus text format of every series (404 when metrics are off)."""
+        if self._metrics is None:
+            raise HttpError("UNSUPPORTED", "metrics are off (NIXFORGE_METRICS=false)", status=404)
+        body = self._metrics.exposition()
+        request.setHeader(b"Content-Type", METRICS_CONTENT_TYPE.encode())
+        request.setHeader(b"Content-Length", str(len(body)).encode())
+        return b"" if request.method == b"HEAD" else body
+
+    @app.route("/-/builds")
+    @_read_only("/-/builds")
+    async def builds(self, request: IRequest) -> bytes:
+        """The running and recent builds, newest first."""
+        return self._json(request, {"builds": self._builds.builds()})
+
+    @app.route("/-/builds/<string:build_id>/log")
+    @_read_only("/-/builds/{id}/log")
+    async def build_log(self, request: IRequest, build_id: str) -> bytes | None:
+        """The build's log so far, then its live lines (chunked) until it ends: `curl -N` follows it."""
+        if not self._builds.has(build_id):
+            raise HttpError("NAME_UNKNOWN", "no such build (only the running and the last builds are kept)",
+                            {"build": build_id[:64]}, status=404)
+        request.setHeader(b"Content-Type", b"text/plain; charset=utf-8")
+        request.setHeader(b"Cache-Control", b"no-cache")
+        request.setHeader(b"X-Content-Type-Options", b"nosniff")
+        if request.method == b"HEAD":
+            return b""
+        followed = self._builds.follow(build_id, lambda line: request.write(line.encode("utf-8", "replace") + b"\n"))
+        if followed is not None:
+            await followed
+        return None
 
     @app.route("/-/refresh", strict_slashes=False)
     @app.route("/-/refresh/<path:name>")
     def refresh(self, request: IRequest, name: str | None = None) -> bytes:
         """`POST /-/refresh[/<name>]`: re-resolve moving tags now (nixforge.api.refresh)."""
+        set_route(request, "/-/refresh")
         try:
             return refresh(request, self._images, self._refresh_access, name, self._max_name_length)
         except Exception as error:
             return self._error(request, error)
 
     @app.handle_errors(NotFound)
+    @_read_only(UNMATCHED_ROUTE)
     async def not_found(self, request: IRequest, failure: Failure) -> bytes | None:
-        """Paths outside `/v2/`: 405 for writes (this registry takes no pushes), else a JSON 404.
+        """No route matched: 405 for writes (this registry takes no pushes), else a JSON 404."""
+        raise HttpError("UNSUPPORTED", "no such endpoint",
+                        {"path": request.path.decode("latin-1")[:300]}, status=404)
 
-        A `/v2/…` path werkzeug did not match (its path converter stops at a line break) is
-        dispatched like any other, so a bad name or tag still gets its own error code.
-        """
-        path = unquote(request.path.decode("latin-1"), errors="replace")
-        if path.startswith("/v2/"):
-            return await self.v2(request, path[len("/v2/"):])
-        try:
-            self._require_read(request)
-        except Exception as error:
-            return self._error(request, error)
-        return self._error(request, HttpError("UNSUPPORTED", "no such endpoint", status=404))
-
-    async def _dispatch(self, request: IRequest, rest: str) -> bytes | None:
-        if rest == "_catalog":
-            return await self._catalog(request)
-        route = _split_route(rest)
-        if route is None:
-            raise HttpError("UNSUPPORTED", "no such endpoint", {"path": rest[:300]}, status=404)
-        name, kind, argument = route
-        name = validate_name(name, self._max_name_length)
-        if kind == "manifests":
-            return await self._manifest(request, name, argument)
-        if kind == "blobs":
-            return await self._blob(request, name, argument)
-        if kind == "referrers":
-            return await self._referrers(request, name, argument)
-        return await self._tags(request, name)
+    @app.handle_errors(MethodNotAllowed)
+    @_read_only(UNMATCHED_ROUTE)
+    async def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes | None:
+        """A route that takes other methods (werkzeug's 405): the read-only registry's 405, in JSON."""
+        raise HttpError("UNSUPPORTED", "this endpoint takes GET and HEAD only",
+                        {"method": request.method.decode("latin-1")}, headers={"Allow": ALLOWED_METHODS})
 
     async def _manifest(self, request: IRequest, name: str, reference: str) -> bytes:
         parsed = parse_reference(reference, self._max_tag_length)

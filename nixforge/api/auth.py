@@ -156,6 +156,10 @@ def _bcrypt_matches(password: bytes, hashed: bytes) -> bool:
         return False
 
 
+# Probes of an orchestrator carry no credentials; these answer nothing but "alive" and "ready".
+OPEN_PATHS = frozenset((b"/healthz", b"/readyz"))
+
+
 class AuthResource(Resource):
     """Let a request reach the wrapped resource only with valid credentials; else 401 with a challenge."""
 
@@ -167,7 +171,12 @@ class AuthResource(Resource):
         self._authenticator = authenticator
 
     def render(self, request: IRequest) -> Any:
-        """Check the credentials (asynchronously), then render the wrapped resource or the 401."""
+        """Check the credentials (asynchronously), then render the wrapped resource or the 401.
+
+        The health probes (OPEN_PATHS) pass without credentials.
+        """
+        if request.path in OPEN_PATHS:
+            return self._wrapped.render(request)
         gone: list[bool] = []
         request.notifyFinish().addBoth(lambda _: gone.append(True))
         client = getattr(request.getClientAddress(), "host", "?")

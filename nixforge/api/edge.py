@@ -245,6 +245,9 @@ class EdgeSite(Site):
         self.open_connections = 0
         self.open_by_client: dict[str, int] = {}
 
+    def log(self, request: Any) -> None:
+        """No combined-log line: nixforge.api.access_log writes the one line per request."""
+
     def protocol(self) -> EdgeChannel:  # type: ignore[override]
         """A new channel (HTTP/1.1 only: no HTTP/2 negotiation)."""
         return EdgeChannel()

@@ -189,6 +189,8 @@ class SendfileSender:
         self._sent_any = True
         self._offset += sent
         self._remaining -= sent
+        # Bytes written past Twisted count as written (the access log and the blob-bytes metric read it).
+        self._request.sentLength = getattr(self._request, "sentLength", 0) + sent
         self._progress()
         if self._remaining <= 0:
             self._finish()

@@ -19,6 +19,8 @@ class ManifestCache:
         self._images: OrderedDict[str, tuple[ManifestDocument, ...]] = OrderedDict()
         self._image_of: dict[str, str] = {}
         self._assembled: dict[str, ImageManifests] = {}
+        self.hits = 0
+        self.misses = 0
 
     def add_image(self, manifests: ImageManifests) -> None:
         """Remember an image's documents, and the image as assembled, as the most recently used."""
@@ -30,6 +32,7 @@ class ManifestCache:
         manifests = self._assembled.get(key) if key is not None else None
         if manifests is None or manifests.oci.digest != digest:
             return None
+        self.hits += 1
         self._images.move_to_end(key)
         return manifests
 
@@ -52,7 +55,9 @@ class ManifestCache:
         """Return the cached manifest with this digest, if any, marking its image as used."""
         key = self._image_of.get(digest)
         if key is None:
+            self.misses += 1
             return None
+        self.hits += 1
         self._images.move_to_end(key)
         return next(document for document in self._images[key] if document.digest == digest)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -23,6 +24,7 @@ from nixforge.errors import (
     StoreFull,
     TooManyBuilds,
 )
+from nixforge.images.build_events import BuildStart, IBuildObserver, NoBuildObserver, build_request
 from nixforge.images.builder import BuildPlan, Stored
 from nixforge.images.catalog import FlakeCatalog
 from nixforge.images.failure_memory import FAILURE_TTL, FailureMemory
@@ -33,6 +35,7 @@ from nixforge.images.policy import AccessPolicy
 from nixforge.images.single_flight import SingleFlight
 from nixforge.images.systems import SystemsPlan
 from nixforge.images.targets import BuildTarget, flake_ref_for, is_immutable, target_for
+from nixforge.nix.log_lines import build_lines
 from nixforge.oci.documents import ImageManifests, ManifestDocument
 from nixforge.oci.image_index import Platform, stored_manifests
 from nixforge.oci.referrers import subject_digest
@@ -90,6 +93,7 @@ class ImageService:
     catalog: FlakeCatalog | None = None
     failure_ttl: float = FAILURE_TTL
     host_platform: Platform | None = None
+    observer: IBuildObserver = field(factory=NoBuildObserver)
     _flights: SingleFlight = field(factory=SingleFlight, init=False)
     _slots: DeferredSemaphore = field(init=False)
     _probes: DeferredSemaphore = field(init=False)
@@ -108,6 +112,26 @@ class ImageService:
         self._probes = DeferredSemaphore(self.max_builds * 2)
         self._cache = ManifestCache(self.cache_size)
         self._failures = FailureMemory(self.failure_ttl)
+
+    @property
+    def builds_running(self) -> int:
+        """Builds holding a build slot now."""
+        return self.max_builds - self._slots.tokens
+
+    @property
+    def builds_queued(self) -> int:
+        """Builds waiting for a build slot."""
+        return len(self._slots.waiting)
+
+    @property
+    def manifest_cache_hits(self) -> int:
+        """Manifests served from memory so far."""
+        return self._cache.hits
+
+    @property
+    def manifest_cache_misses(self) -> int:
+        """Manifest look-ups the memory cache could not answer so far."""
+        return self._cache.misses
 
     # -- tags ---------------------------------------------------------------------------------
 
@@ -186,6 +210,7 @@ class ImageService:
         self._raise_if_failed_before(target.name, tag)
         flake_ref = flake_ref_for(self.flake, tag)
         refresh = not is_immutable(tag) and (tag in self._locks or self.index.get(target.name, tag) is not None)
+        planning = self.reactor.seconds()
         try:
             plan = await self._limited(self._probes, lambda: self.builder.plan(target, flake_ref, tag, refresh))
         except (NameUnknown, ManifestUnknown) as error:
@@ -208,7 +233,15 @@ class ImageService:
                     log.info("{name}:{tag} unchanged at {locked}", name=target.name, tag=tag, locked=plan.locked)
                     return manifests
         started = self.reactor.seconds()
-        log.info("build started {name}:{tag} from {flake}", name=target.name, tag=tag, flake=plan.locked)
+        build_id = uuid.uuid4().hex[:12]
+        note = build_request.get()
+        if note is not None and note.build_id is None:
+            note.build_id = build_id
+        self.observer.build_started(BuildStart(build_id, target.name, tag, plan.locked, plan.revision, started,
+                                               started - planning))
+        build_lines.set(lambda line: self.observer.build_line(build_id, line))
+        log.info("build started {name}:{tag} from {flake} (build {build})", name=target.name, tag=tag,
+                 flake=plan.locked, build=build_id)
 
         async def record_tag(manifests: ImageManifests) -> None:
             log.debug("storing the tag record of {name}:{tag}", name=target.name, tag=tag)
@@ -223,9 +256,19 @@ class ImageService:
                 manifests=tuple(document.digest for document in manifests.related()),
             ))
 
+        async def build() -> ImageManifests:
+            self.observer.build_phase(build_id, "build", self.reactor.seconds())
+            return await self.builder.build(plan, record_tag)
+
         lease = self.keeper.begin_build()  # GC spares what this build stores until it is indexed
         try:
-            manifests = await self._limited(self._slots, lambda: self.builder.build(plan, record_tag))
+            try:
+                manifests = await self._limited(self._slots, build)
+            except Exception as error:
+                _name_build(error, build_id)
+                self.observer.build_finished(build_id, "timeout" if isinstance(error, BuildTimedOut) else "failure",
+                                             self.reactor.seconds(), str(error))
+                raise
         except (NameUnknown, ManifestUnknown) as error:
             # e.g. an application whose containers output holds no such image: remember it too.
             self._missing.remember(key, error, self.reactor.seconds() + MISSING_TTL)
@@ -245,6 +288,7 @@ class ImageService:
         self.keeper.stored()
         self._refresh_failed_at.pop(key, None)
         self._cache.add_image(manifests)
+        self.observer.build_finished(build_id, "success", self.reactor.seconds(), None)
         log.info("build finished {name}:{tag} in {seconds:.1f}s: {digest}", name=target.name, tag=tag,
                  seconds=self.reactor.seconds() - started, digest=manifests.oci.digest)
         return manifests
@@ -453,6 +497,14 @@ class ImageService:
             log.info("evaluating the flake's catalog at {locked}", locked=locked)
             names = await self._limited(self._probes, lambda: catalog.evaluate(locked))
         return names
+
+
+def _name_build(error: BaseException, build_id: str) -> None:
+    """Put the build's id in a registry error's detail (`detail.build`), so the client knows which log to read."""
+    if isinstance(error, ForgeError):
+        detail = error.detail if isinstance(error.detail, dict) else {} if error.detail is None else {
+            "detail": error.detail}
+        error.detail = {**detail, "build": build_id}
 
 
 def _bare(name: str) -> str:

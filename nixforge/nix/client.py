@@ -24,7 +24,7 @@ from nixforge.nix.commands import (
     parse_path_info,
     path_info_argv,
 )
-from nixforge.nix.log_lines import NixLog, killed_tail
+from nixforge.nix.log_lines import NixLog, build_lines, killed_tail
 from nixforge.nix.process import (
     DEFAULT_KILL_GRACE,
     ProcessResult,
@@ -166,6 +166,11 @@ class NixClient:
         argv = metadata_argv(self.nix_binary, flake_ref, self.settings, refresh)
         return self._run(argv, parse_metadata_output, timeout)
 
+    def version(self, timeout: float = 30.0) -> Deferred[str]:
+        """Run `nix --version`; fire with its first line (the readiness check: Nix runs)."""
+        argv = [self.nix_binary, "--version"]
+        return self._run(argv, lambda out: out.decode("utf-8", errors="replace").strip().splitlines()[0], timeout)
+
     def stop(self) -> Deferred[None]:
         """Terminate every running nix process group; fire once all of them have exited."""
         waits = [running.terminate() for running in list(self._running)]
@@ -181,7 +186,7 @@ class NixClient:
         """Spawn `argv`, log its stderr, and fire with `parse(stdout)` or fail with a NixError."""
         timeout = self.timeout if timeout is None else timeout
         command = f"nix {argv[1]}"
-        nix_log = NixLog(tail_lines=self.log_tail_lines, command=command)
+        nix_log = NixLog(tail_lines=self.log_tail_lines, command=command, sink=build_lines.get())
         log.debug("running {argv}", argv=" ".join(argv))
         try:
             running = spawn(

@@ -5,11 +5,16 @@ from __future__ import annotations
 import json
 import re
 from collections import deque
+from collections.abc import Callable
+from contextvars import ContextVar
 
 from attrs import define, field, frozen
 from twisted.logger import Logger
 
 log = Logger(namespace="nixforge.nix")
+
+# Where the human lines of the Nix processes started in this context go too (a build's live log).
+build_lines: ContextVar[Callable[[str], None] | None] = ContextVar("nixforge_build_lines", default=None)
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _PREFIX = "@nix "
@@ -124,6 +129,7 @@ class NixLog:
     tail_lines: int = 40
     error_lines: int = 200
     command: str = ""
+    sink: Callable[[str], None] | None = None
     tail: deque[str] = field(init=False)
     errors: deque[str] = field(init=False)
     _builds: dict[int, str] = field(init=False, factory=dict)
@@ -142,6 +148,8 @@ class NixLog:
             line = f"{name}> {event.text}" if name else event.text
             log.debug("{line}", line=line, command=self.command)
             self.tail.append(line)
+            if self.sink is not None:
+                self.sink(line)
             if event.error:
                 self.errors.append(event.text)
         if parsed.stopped is not None:

@@ -67,6 +67,7 @@ class GcResult:
     store_bytes: int
     seconds: float
     completed: bool = True
+    store_blobs: int = 0
 
 
 class GarbageCollector:
@@ -229,6 +230,11 @@ class GarbageCollector:
         """Tell whether the blobs add up to more than the cap (False without one). One scan."""
         return self.max_size is not None and sum(size for _, size in self.store.digests()) > self.max_size
 
+    def store_usage(self) -> tuple[int, int]:
+        """The store's bytes and blob count now (one listing of the blob directory)."""
+        sizes = [size for _, size in self.store.digests()]
+        return sum(sizes), len(sizes)
+
     def collect(self, reason: str = "timer", only_over_cap: bool = False) -> GcResult | None:
         """Run once: finish a left-over journal, forget expired digests, evict over the cap, sweep.
 
@@ -275,8 +281,9 @@ class GarbageCollector:
 
     def _result(self, reason: str, deleted: int, freed: int, evicted: int, forgotten: int,
                 started: float, completed: bool = True) -> GcResult:
+        store_bytes, store_blobs = self.store_usage()
         result = GcResult(reason=reason, blobs_deleted=deleted, bytes_freed=freed, images_evicted=evicted,
-                          digests_forgotten=forgotten, store_bytes=sum(s for _, s in self.store.digests()),
+                          digests_forgotten=forgotten, store_bytes=store_bytes, store_blobs=store_blobs,
                           seconds=time.monotonic() - started, completed=completed)
         log.info("gc ({reason}): deleted {blobs} blobs ({freed} bytes), evicted {images} images, forgot "
                  "{forgotten} digests; store {size} bytes{cap}{state}", reason=reason, blobs=deleted,

@@ -29,6 +29,10 @@ class GcScheduler:
     clock: IReactorTime
     runs: int = 0
     results: list[GcResult] = field(factory=list)
+    bytes_freed: int = 0
+    # The store's size and blob count as of the last GC run or build (for metrics; never a scan per scrape).
+    store_bytes: int = 0
+    store_blobs: int = 0
     _running: Deferred[GcResult | None] | None = field(default=None, init=False)
     _again: tuple[str, bool] | None = field(default=None, init=False)
 
@@ -50,6 +54,8 @@ class GcScheduler:
         if result is not None:
             self.runs += 1
             self.results[:] = [*self.results[-9:], result]
+            self.bytes_freed += result.bytes_freed
+            self.store_bytes, self.store_blobs = result.store_bytes, result.store_blobs
         self._next()
         return result
 
@@ -87,9 +93,14 @@ class GcScheduler:
         self.collector.store.leases.end(token)
 
     def stored(self) -> None:
-        """Collect if over the cap (checked in the thread pool)."""
+        """Collect if over the cap (checked in the thread pool); note the store's new size."""
         if self.collector.max_size is not None:
             self.run("after build", only_over_cap=True)
+        measured = self.run_in_thread(self.collector.store_usage)
+        measured.addCallbacks(self._measured, lambda reason: log.failure("measuring the store failed", reason))
+
+    def _measured(self, usage: tuple[int, int]) -> None:
+        self.store_bytes, self.store_blobs = usage
 
     def full(self) -> None:
         """The disk is full: collect now."""

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from werkzeug.datastructures import MIMEAccept
+from werkzeug.http import parse_accept_header
 
-from nixforge.api.accept import MediaRange, choose_manifest, parse_accept, quality_of
+from nixforge.api.accept import choose_manifest, parse_accept, quality_of
 from nixforge.oci import media_types as mt
 from nixforge.oci.documents import LayerBlob, build_manifests
 
@@ -56,11 +58,22 @@ def test_choose_manifest(headers: list[str], form: str) -> None:
 
 
 def test_parse_accept() -> None:
-    assert parse_accept(["text/html;level=1;q=0.5, Application/JSON", "*; q=0.1", "bad, */x"]) == [
-        MediaRange("text", "html", 0.5),
-        MediaRange("application", "json", 1.0),
-        MediaRange("*", "*", 0.1),
-    ]
+    accept = parse_accept(["text/html;level=1;q=0.5, Application/JSON", "*; q=0.1", "bad;q=x, */x"])
+    assert quality_of(accept, "text/html") == 0.5
+    assert quality_of(accept, "application/json") == 1.0
+    assert quality_of(accept, "image/png") == 0.1
+
+
+def test_werkzeug_alone_ignores_a_bare_star() -> None:
+    """Why `_range_and_quality` exists (1): werkzeug drops `*` (Java's HttpURLConnection sends `*; q=.2`)."""
+    assert parse_accept_header("*; q=0.2", MIMEAccept).quality(OCI) == 0
+    assert quality_of(parse_accept(["*; q=0.2"]), OCI) == 0.2
+
+
+def test_werkzeug_alone_lets_a_parameter_stop_a_match() -> None:
+    """Why `_range_and_quality` exists (2): `<docker type>;charset=utf-8` must still match the Docker type."""
+    assert parse_accept_header(f"{DOCKER};charset=utf-8;q=0.9", MIMEAccept).quality(DOCKER) == 0
+    assert quality_of(parse_accept([f"{DOCKER};charset=utf-8;q=0.9"]), DOCKER) == 0.9
 
 
 @pytest.mark.parametrize(

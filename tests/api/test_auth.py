@@ -87,7 +87,8 @@ def harness(tmp_path: Path) -> Harness:
 
 
 @pytest.mark.parametrize("path", ["/v2/", "/v2", "/v2/hello/manifests/latest", "/v2/_catalog",
-                                  "/v2/hello/blobs/sha256:" + "0" * 64, "/elsewhere", "/v2/%ff"])
+                                  "/v2/hello/blobs/sha256:" + "0" * 64, "/elsewhere", "/v2/%ff",
+                                  "/metrics", "/-/builds", "/-/builds/abc/log", "/healthz/", "/readyz/x"])
 def test_every_route_answers_401_with_a_challenge_until_credentials_come(harness: Harness, path: str) -> None:
     response, body = harness.request(path)
     assert response.code == 401
@@ -95,6 +96,13 @@ def test_every_route_answers_401_with_a_challenge_until_credentials_come(harness
     assert response.headers.getRawHeaders("Docker-Distribution-API-Version") == ["registry/2.0"]
     assert json.loads(body)["errors"][0]["code"] == "UNAUTHORIZED"
     assert harness.images.calls == []
+
+
+@pytest.mark.parametrize("path, status", [("/healthz", 200), ("/readyz", 503)])
+def test_the_probes_need_no_credentials(harness: Harness, path: str, status: int) -> None:
+    response, _ = harness.request(path)
+    assert response.code == status  # readiness not checked in this harness: 503, but not 401
+    assert harness.threads.calls == []  # no bcrypt, no htpasswd read
 
 
 def test_valid_credentials_reach_the_api_and_bcrypt_runs_once_in_the_pool(harness: Harness) -> None:

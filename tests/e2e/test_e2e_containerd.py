@@ -30,9 +30,9 @@ from e2e_support import (
 
 # The Accept header containerd 1.6 sends when it resolves a tag (seen on the wire with `ctr images pull`).
 CONTAINERD_ACCEPT = ", ".join((DOCKER_MANIFEST, DOCKER_LIST, OCI_MANIFEST, OCI_INDEX, "*/*"))
-# Twisted's combined access log line of a request made by containerd's resolver/fetcher.
+# nixforge's access log line of a request made by containerd's resolver/fetcher.
 CONTAINERD_REQUEST = re.compile(
-    r'"(?P<method>HEAD|GET) (?P<path>/v2/\S+) HTTP/1\.[01]" (?P<status>\d{3}) .*"containerd/'
+    r'access_log#info\] (?P<method>HEAD|GET) (?P<path>/v2/\S+) (?P<status>\d{3}) .*"containerd/'
 )
 CONTAINERD_SETUP = "apt-get install containerd (scripts/setup.sh)"
 NAMESPACE = "nixforge-e2e"

@@ -141,6 +141,7 @@ def test_the_failing_sibling_is_a_500_with_its_reason_in_the_info_log(
     forge = forge_factory("info-log", flake=nix_forge_flake, log_level="INFO")
     response = forge.get("/v2/applications/shop/broken/manifests/latest", {"Accept": OCI_ACCEPT})
     assert response.status == 500, (response.status, response.body)
+    forge.sync_log()  # the log is a pipe read by a thread: wait until it caught up
     log = forge.log_text()
     # At INFO, not only "500 UNKNOWN": the failure, Nix's error and the builder's last lines.
     assert re.search(r"#info\] build failed applications/shop/broken:latest: nix build failed", log), log

@@ -59,11 +59,24 @@ def test_requests_during_a_run_queue_exactly_one_more(tmp_path: Path) -> None:
 def test_after_a_build_gc_runs_only_with_a_cap_and_only_when_over_it(tmp_path: Path) -> None:
     scheduler, pool, _, _ = make(tmp_path)
     scheduler.stored()
-    assert pool.calls == []
+    assert [function.__name__ for _, function, _ in pool.calls] == ["store_usage"]  # no GC without a cap
+    pool.step()
     scheduler.collector.max_size = 1 << 20
     scheduler.stored()
     assert pool.step() is None  # under the cap: nothing done
     assert scheduler.runs == 0
+
+
+def test_store_size_is_noted_after_a_build_and_a_run(tmp_path: Path) -> None:
+    scheduler, pool, fixture, _ = make(tmp_path)
+    fixture.store.put(b"a blob of 17 bytes")
+    scheduler.stored()
+    pool.step()
+    assert (scheduler.store_bytes, scheduler.store_blobs) == (18, 1)
+    scheduler.run()
+    result = pool.step()
+    assert result.blobs_deleted == 1 and scheduler.bytes_freed == 18  # unreferenced: swept
+    assert (scheduler.store_bytes, scheduler.store_blobs) == (0, 0)
 
 
 def test_pulls_and_leases_reach_the_store(tmp_path: Path) -> None:
