@@ -20,7 +20,7 @@ from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, c
 from twisted.internet.protocol import Protocol
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.web.server import Request, Site
+from twisted.web.server import Site
 
 from nixforge.api import RegistryApi
 from nixforge.api import sendfile as sendfile_module
@@ -29,6 +29,7 @@ from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.images.interfaces import BlobFile
 
 from .fake_images import FakeImageService
+from .recording_site import RecordingSite
 
 BIG = 24 * 1024 * 1024 + 12345
 DIGEST = "sha256:" + "c" * 64
@@ -98,22 +99,6 @@ class Client(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self.done.callback(bytes(self.received))
-
-
-class RecordingSite(Site):
-    """A Site that remembers its requests."""
-
-    def __init__(self, resource: object) -> None:
-        super().__init__(resource)
-        self.requests: list[Request] = []
-        site = self
-
-        class _Request(Request):
-            def __init__(self, *args: object, **kwargs: object) -> None:
-                super().__init__(*args, **kwargs)
-                site.requests.append(self)
-
-        self.requestFactory = _Request
 
 
 @pytest.fixture

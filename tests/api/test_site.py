@@ -14,12 +14,12 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.web.server import Request, Site
 
 from nixforge.api import RegistryApi
 from nixforge.api.blob_sender import CHUNK_SIZE
 
 from .fake_images import FakeImageService, TrackedFile
+from .recording_site import RecordingSite
 
 BIG = 20 * 1024 * 1024
 BIG_DIGEST = "sha256:" + "b" * 64
@@ -45,22 +45,6 @@ class RawClient(Protocol):
 
     def connectionLost(self, reason: Failure) -> None:
         self.closed.callback(bytes(self.received))
-
-
-class RecordingSite(Site):
-    """A Site that remembers its requests."""
-
-    def __init__(self, resource: object) -> None:
-        super().__init__(resource)
-        self.requests: list[Request] = []
-        site = self
-
-        class _Request(Request):
-            def __init__(self, *args: object, **kwargs: object) -> None:
-                super().__init__(*args, **kwargs)
-                site.requests.append(self)
-
-        self.requestFactory = _Request
 
 
 @pytest.fixture
