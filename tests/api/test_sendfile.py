@@ -18,7 +18,6 @@ from twisted.internet import reactor, ssl
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import SSL4ClientEndpoint, TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.protocol import Protocol
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
@@ -114,19 +113,6 @@ def site(images: FakeImageService):
     site.port_number = port.getHost().port
     yield site
     port.stopListening()
-
-
-@pytest.fixture
-def failures():
-    captured: list[dict] = []
-
-    def observer(event: dict) -> None:
-        if "log_failure" in event:
-            captured.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield captured
-    globalLogPublisher.removeObserver(observer)
 
 
 def request_bytes(method: str, path: str = PATH, extra: str = "", close: bool = True) -> bytes:

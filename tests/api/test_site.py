@@ -12,7 +12,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.task import deferLater
-from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 
 from nixforge.api import RegistryApi
@@ -67,19 +66,6 @@ def site(images: FakeImageService):
     site.port_number = port.getHost().port
     yield site
     port.stopListening()
-
-
-@pytest.fixture
-def failures():
-    captured: list[dict] = []
-
-    def observer(event: dict) -> None:
-        if "log_failure" in event:
-            captured.append(event)
-
-    globalLogPublisher.addObserver(observer)
-    yield captured
-    globalLogPublisher.removeObserver(observer)
 
 
 async def exchange(site: RecordingSite, request: bytes, abort_after: int | None = None) -> tuple[RawClient, bytes]:
