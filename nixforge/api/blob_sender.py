@@ -81,8 +81,46 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     return ByteRange(first, min(last, size - 1), size)
 
 
+class BodySender:
+    """What every blob sender shares: the route's Deferred, and how completion, a lost client or a
+    file shorter than the headers promised end it. Subclasses say how to `_stop` (close the file).
+    """
+
+    def __init__(self, request: IRequest, file: BinaryIO) -> None:
+        self._request = request
+        self._file = file
+        self._registered = False
+        self._connection_gone = False
+        self._stopped = False
+        self._done: Deferred[None] = Deferred(lambda _: self._stop())
+
+    @property
+    def stopped(self) -> bool:
+        """True once the sender has finished or been stopped and its file closed."""
+        return self._stopped
+
+    def _stop(self) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Stop, and fire the route's Deferred (once)."""
+        self._stop()
+        if not self._done.called:
+            self._done.callback(None)
+
+    def _abort(self) -> None:
+        """Headers promised a length we cannot deliver: close everything and drop the connection."""
+        self._stop()
+        self._request.loseConnection()
+
+    def _lost(self, reason: Failure) -> None:
+        """The client disconnected: stop, and let the route's Deferred finish quietly."""
+        self._connection_gone = True
+        self._finish()
+
+
 @implementer(IPushProducer)
-class BlobProducer:
+class BlobProducer(BodySender):
     """Write `length` bytes of `file` from `offset` to `request`, paced by the transport.
 
     A push producer: it writes chunks while the transport accepts them and stops as soon as the
@@ -104,25 +142,15 @@ class BlobProducer:
         chunk_size: int = CHUNK_SIZE,
         chunks_per_turn: int = 16,
     ) -> None:
-        self._request = request
-        self._file = file
+        super().__init__(request, file)
         self._offset = offset
         self._remaining = length
         self._schedule = schedule
         self._chunk_size = chunk_size
         self._chunks_per_turn = chunks_per_turn
-        self._registered = False
-        self._connection_gone = False
-        self._stopped = False
         self._paused = False
         self._pumping = False
         self._scheduled = False
-        self._done: Deferred[None] = Deferred(lambda _: self._stop())
-
-    @property
-    def stopped(self) -> bool:
-        """True once the producer has finished or been stopped and its file closed."""
-        return self._stopped
 
     def start(self) -> Deferred[None]:
         """Register with the request and start writing; fires when the body is done or the client gone."""
@@ -183,23 +211,9 @@ class BlobProducer:
         self._remaining -= len(data)
         self._request.write(data)
         if self._remaining <= 0:
-            self._stop()
-            if not self._done.called:
-                self._done.callback(None)
+            self._finish()
             return False
         return True
-
-    def _abort(self) -> None:
-        """Headers promised a length we cannot deliver: close everything and drop the connection."""
-        self._stop()
-        self._request.loseConnection()
-
-    def _lost(self, reason: Failure) -> None:
-        """The client disconnected: stop, and let the route's Deferred finish quietly."""
-        self._connection_gone = True
-        self._stop()
-        if not self._done.called:
-            self._done.callback(None)
 
     def _stop(self) -> None:
         if self._registered:

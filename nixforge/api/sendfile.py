@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from nixforge.api.blob_sender import BlobProducer
+from nixforge.api.blob_sender import BlobProducer, BodySender
 
 # At most this many bytes per writable event. `sendfile` reads pages the cache lacks from the disk
 # before it returns, on the reactor thread: a small slice bounds that wait (with a cold page cache,
@@ -88,7 +88,7 @@ def _transport_idle(transport: Any) -> bool:
 
 
 @implementer(IPushProducer, IWriteDescriptor)
-class SendfileSender:
+class SendfileSender(BodySender):
     """Copy a file range to a TCP socket in the kernel (`os.sendfile`), only when the socket is writable.
 
     The headers go out through Twisted (`request.write(b"")`, a Content-Length response, so not
@@ -113,8 +113,7 @@ class SendfileSender:
         reactor: Any,
         schedule: Callable[[Callable[[], None]], object],
     ) -> None:
-        self._request = request
-        self._file = file
+        super().__init__(request, file)
         self._source = file.fileno()
         self._socket = sock
         self._tcp = tcp_transport(request)
@@ -125,16 +124,7 @@ class SendfileSender:
         self._fd = -1
         self._sent_any = False
         self._channel_paused = False
-        self._registered = False
-        self._connection_gone = False
-        self._stopped = False
         self._readahead_to = offset
-        self._done: Deferred[None] = Deferred(lambda _: self._stop())
-
-    @property
-    def stopped(self) -> bool:
-        """True once the sender has finished or been stopped and its file closed."""
-        return self._stopped
 
     def start(self) -> Deferred[None]:
         """Write the headers, then send the body as the socket drains; fires when done or the client is gone."""
@@ -243,11 +233,6 @@ class SendfileSender:
             pass
         self._readahead_to = stop
 
-    def _finish(self) -> None:
-        self._stop()
-        if not self._done.called:
-            self._done.callback(None)
-
     def _fall_back(self) -> None:
         """The kernel cannot sendfile here: let the push producer send the whole body instead."""
         log.info("sendfile unsupported on this connection; using the blob producer")
@@ -258,18 +243,6 @@ class SendfileSender:
         producer = BlobProducer(self._request, self._file, self._offset, self._remaining, self._schedule)
         self._stopped = True  # the file now belongs to the producer
         producer.start().chainDeferred(self._done)
-
-    def _abort(self) -> None:
-        """Headers promised a length we cannot deliver: close everything and drop the connection."""
-        self._stop()
-        self._request.loseConnection()
-
-    def _lost(self, reason: Failure) -> None:
-        """The client disconnected: stop, and let the route's Deferred finish quietly."""
-        self._connection_gone = True
-        self._stop()
-        if not self._done.called:
-            self._done.callback(None)
 
     def _unwatch(self) -> None:
         if self._fd >= 0:
