@@ -11,8 +11,8 @@ from typing import Any
 import attrs
 from attrs import frozen
 
-from nixforge.images.policy import COMMIT_TAG_MODES
-from nixforge.images.systems import parse_systems
+from nixforge.platforms import parse_systems
+from nixforge.references import COMMIT_TAG_MODES
 from nixforge.refresh_access import parse_refresh_from
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
@@ -112,6 +112,12 @@ def _layer_budget(text: str) -> int:
     if value > MAX_LAYER_BUDGET:
         raise ValueError(f"must be at most {MAX_LAYER_BUDGET} (overlayfs limit)")
     return value
+
+
+def _optional_globs(pattern: re.Pattern[str], example: str) -> Callable[[str], tuple[str, ...]]:
+    """Like `_globs`, but empty text is no glob at all."""
+    parse = _globs(pattern, example)
+    return lambda text: parse(text) if text.strip() else ()
 
 
 def _globs(pattern: re.Pattern[str], example: str) -> Callable[[str], tuple[str, ...]]:
@@ -288,52 +294,17 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("systems", "NIXFORGE_SYSTEMS", "systems", "", parse_systems,
             "Comma-separated Nix systems each tag is built for (an image index when not just the host's); "
             "empty: the host's system alone."),
+    Setting("pull_wait", "NIXFORGE_PULL_WAIT", "pull-wait", "60", _seconds,
+            "Longest a manifest request waits for a build, in seconds; then it gets 429 with Retry-After "
+            "and the build's log URL, and the build goes on (0: wait for the build, up to NIX_BUILD_TIMEOUT)."),
+    Setting("prebuild", "NIXFORGE_PREBUILD", "prebuild", "", _optional_globs(_NAME_GLOB, "hello,tool-*"),
+            "Comma-separated globs over the catalog's names built before anyone pulls them, whenever latest "
+            "moves to a new revision (at start, every refresh interval, on POST /-/refresh); empty: none."),
 )
 
 
-@frozen
-class ForgeConfig:
-    """The registry's settings; build it with `from_sources`."""
-
-    log_level: str = "INFO"
-    host: str = "0.0.0.0"
-    port: int = 5000
-    endpoint: str = ""
-    flake: str = DEFAULT_FLAKE
-    build_timeout: float = 600.0
-    cache_size: int = 50
-    max_name_length: int = 255
-    max_tag_length: int = 128
-    data_dir: str = ""
-    refresh_interval: float = 300.0
-    max_builds: int = 2
-    max_queued_builds: int = 16
-    max_layers: int = 100
-    htpasswd: str = ""
-    header_timeout: float = 20.0
-    send_timeout: float = 60.0
-    max_connections: int = 4096
-    max_client_connections: int = 1024
-    listen_backlog: int = 1024
-    error_log_tail: bool = True
-    max_store_size: int | None = None
-    retention: float = 7 * 86400.0
-    gc_interval: float = 3600.0
-    ready_interval: float = 30.0
-    metrics: bool = True
-    access_log: bool = True
-    builds_kept: int = 50
-    build_log_size: int = 1 << 20
-    nix_binary: str = "nix"
-    accept_flake_config: bool = True
-    nix_options: tuple[tuple[str, str], ...] = ()
-    packages: tuple[str, ...] = ("*",)
-    refs: tuple[str, ...] = ("*",)
-    commit_tags: str = "known"
-    script_user: str = "nobody"
-    failure_ttl: float = 60.0
-    refresh_from: tuple[str, ...] = ("loopback",)
-    systems: tuple[str, ...] = ()
+class _ConfigMethods:
+    """How a ForgeConfig is read and changed; its fields are made from SETTINGS below."""
 
     @classmethod
     def from_sources(
@@ -342,7 +313,7 @@ class ForgeConfig:
         options: Mapping[str, str | None] | None = None,
         port: str | None = None,
         nix_options: tuple[tuple[str, str], ...] = (),
-    ) -> ForgeConfig:
+    ) -> Any:
         """Read every setting from `environ`, then apply twistd `options` (by option name) on top.
 
         `port` is the --port value: a number (listen on FLASK_HOST) or any Twisted endpoint string.
@@ -375,6 +346,22 @@ class ForgeConfig:
                 values["endpoint"] = port
         return cls(**values)
 
-    def replace(self, **changes: Any) -> ForgeConfig:
+    def replace(self, **changes: Any) -> Any:
         """A copy with some settings changed."""
         return attrs.evolve(self, **changes)
+
+
+def _config_fields() -> dict[str, Any]:
+    """One field per setting, its default parsed from the setting's default text, plus the endpoint."""
+    fields: dict[str, Any] = {}
+    for setting in SETTINGS:
+        fields[setting.attribute] = attrs.field(default=setting.parse(setting.default))
+    fields["endpoint"] = attrs.field(default="")
+    return fields
+
+
+ForgeConfig = attrs.make_class(
+    "ForgeConfig", _config_fields(), bases=(_ConfigMethods,), frozen=True, slots=True,
+)
+ForgeConfig.__doc__ = "The registry's settings, one field per entry of SETTINGS; build it with `from_sources`."
+ForgeConfig.__module__ = __name__

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import copy
+from typing import TypeVar
+
+E = TypeVar("E", bound="ForgeError")
+
 
 class ForgeError(Exception):
     """Base class of every error nixforge reports to a client."""
@@ -62,3 +67,23 @@ class StoreFull(ForgeError):
     def __init__(self, message: str, retry_after: int = 30, detail: object = None) -> None:
         super().__init__(message, detail)
         self.retry_after = retry_after
+
+
+class BuildInProgress(ForgeError):
+    """The image is still being built after the pull wait; the client should retry after `retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int, detail: object = None) -> None:
+        super().__init__(message, detail)
+        self.retry_after = retry_after
+
+
+def fresh_copy(error: E) -> E:
+    """A new exception like `error` (class, message, detail, retry_after) with no traceback or context.
+
+    An error kept to be raised again is raised as such a copy: raising the kept object itself would
+    grow its traceback with each raise, and keep every frame (and request) on it alive.
+    """
+    twin = Exception.__new__(type(error))
+    twin.args = error.args
+    twin.__dict__.update(copy.copy(error.__dict__))
+    return twin

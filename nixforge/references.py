@@ -80,3 +80,7 @@ def parse_reference(text: str, max_tag_length: int = 128) -> Tag | Digest:
              "reason": f"a tag matches {TAG_PATTERN.pattern} and has at most {max_tag_length} characters; "
                        "a digest is algorithm:hex"},
         ) from None
+
+
+COMMIT_TAG_MODES = ("known", "any", "none")
+"""Which 40-hex commit tags are served (NIXFORGE_COMMIT_TAGS): known revisions, any, or none."""

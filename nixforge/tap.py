@@ -9,10 +9,10 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
@@ -31,17 +31,17 @@ from nixforge.api.metrics import BuildMetrics, RegistryMetrics
 from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.api.refresh import body_limit as refresh_body_limit
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
+from nixforge.images.assembly import ImagesSettings, assemble_images
 from nixforge.images.build_events import BuildObservers
 from nixforge.images.builder import ImageBuilder
-from nixforge.images.catalog import FlakeCatalog
+from nixforge.images.flake_locks import FlakeLocks
 from nixforge.images.image_script import ScriptRunner
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.script_user import ScriptUser
-from nixforge.images.service import ImageService
-from nixforge.images.systems import SystemsBuilder, host_platform, host_system
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.layer_cache import LayerCache
+from nixforge.platforms import host_platform, host_system
 from nixforge.readiness import ReadinessCheck, ReadinessService
 from nixforge.refresh_access import RefreshAccess
 from nixforge.store.filesystem import FilesystemBlobStore
@@ -232,21 +232,19 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                            max_layers=config.max_layers, scripts=scripts, gc_roots=gc_roots)
     _BuilderService(builder).setServiceParent(root)
     host = host_system(config.nix_options)
-    systems = SystemsBuilder(builder, config.systems or (host,), host)
     policy = AccessPolicy(flake=config.flake, revisions=FilesystemLockedRevisions(config.data_dir),
                           packages=config.packages, refs=config.refs, commit_tags=config.commit_tags)
-    images = ImageService(
-        reactor=reactor, builder=systems, store=store, index=index, run_in_thread=run_in_thread,
-        flake=config.flake, policy=policy, refresh_interval=config.refresh_interval, max_builds=config.max_builds,
-        max_queued_builds=config.max_queued_builds, cache_size=config.cache_size, keeper=gc,
-        catalog=FlakeCatalog(nix, host, timeout=config.build_timeout), host_platform=host_platform(),
-        failure_ttl=config.failure_ttl,
-    )
+    builds = BuildBook(keep=config.builds_kept, max_log_bytes=config.build_log_size)
+    parts = assemble_images(_images_settings(config, host), reactor, nix, builder, store, index, policy, gc,
+                            run_in_thread, builds, host_platform())
+    images = parts.service
+    if parts.prebuilder is not None:
+        TimerService(config.refresh_interval, _lock_latest, parts.locks).setServiceParent(root)
     readiness = ReadinessCheck(config.data_dir, run_in_thread, nix.version)
     ReadinessService(readiness, config.ready_interval, reactor).setServiceParent(root)
-    builds = BuildBook(keep=config.builds_kept, max_log_bytes=config.build_log_size)
     metrics = RegistryMetrics(images, gc) if config.metrics else None
-    images.observer = BuildObservers((builds, BuildMetrics(metrics))) if metrics is not None else builds
+    if metrics is not None:
+        parts.builds.observer = BuildObservers((builds, BuildMetrics(metrics)))
     api = RegistryApi(images, reactor, readiness=lambda: readiness.current, builds=builds, metrics=metrics,
                       max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
@@ -260,13 +258,32 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     factory = site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site)
     _ListeningService(endpoint, factory).setServiceParent(root)
     log.info("nixforge {version}: flake {flake}, data in {data_dir}, store cap {cap}, systems {systems}",
-             version=__version__, flake=config.flake, data_dir=config.data_dir, systems=",".join(systems.systems),
+             version=__version__, flake=config.flake, data_dir=config.data_dir,
+             systems=",".join(config.systems or (host,)),
              cap="none" if config.max_store_size is None else f"{config.max_store_size} bytes")
     log.info("serving packages {packages}, refs {refs}, commit tags {commit_tags}; image scripts run as "
              "{script_user}", packages=",".join(config.packages), refs=",".join(config.refs),
              commit_tags=config.commit_tags,
              script_user=scripts.user.name if scripts.user is not None else "nixforge's own user")
     return root
+
+
+def _images_settings(config: ForgeConfig, host: str) -> ImagesSettings:
+    """The images package's settings from the registry's."""
+    return ImagesSettings(flake=config.flake, build_timeout=config.build_timeout,
+                          refresh_interval=config.refresh_interval, max_builds=config.max_builds,
+                          max_queued_builds=config.max_queued_builds, cache_size=config.cache_size,
+                          failure_ttl=config.failure_ttl, pull_wait=config.pull_wait, prebuild=config.prebuild,
+                          systems=config.systems, host=host)
+
+
+def _lock_latest(locks: FlakeLocks) -> None:
+    """The prebuild timer: lock latest (again once its lock is older than the refresh interval)."""
+
+    def failed(reason: Any) -> None:
+        log.warn("cannot lock latest for prebuilds: {reason}", reason=reason.getErrorMessage())
+
+    ensureDeferred(locks.lock("latest")).addErrback(failed)
 
 
 def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, reactor: Any) -> IResource:

@@ -13,7 +13,6 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from nixforge.api.metrics import RegistryMetrics
-from nixforge.images.build_events import BuildNote
 
 log = Logger()
 _NOTE_ATTRIBUTE = "nixforge_build_note"
@@ -32,13 +31,9 @@ def route_of(request: IRequest) -> str:
     return getattr(request, _ROUTE_ATTRIBUTE, UNMATCHED_ROUTE)
 
 
-def build_note(request: IRequest) -> BuildNote:
-    """The request's note of the build it started (created on first use)."""
-    note = getattr(request, _NOTE_ATTRIBUTE, None)
-    if note is None:
-        note = BuildNote()
-        setattr(request, _NOTE_ATTRIBUTE, note)
-    return note
+def note_build(request: IRequest, build_id: str) -> None:
+    """Note on the request the id of the build it started (the access log's `build=`)."""
+    setattr(request, _NOTE_ATTRIBUTE, build_id)
 
 
 class ObservedResource(Resource):
@@ -70,9 +65,9 @@ class ObservedResource(Resource):
             if route == BLOB_ROUTE and request.code in (200, 206):  # blob bytes, not error bodies
                 self._metrics.blob_bytes.inc(sent)
         if self._access_log:
-            note = getattr(request, _NOTE_ATTRIBUTE, None)
+            build_id = getattr(request, _NOTE_ATTRIBUTE, None)
             agent = request.getHeader(b"user-agent") or b"-"
             log.info('{method} {path} {status} {bytes} {duration:.3f}s "{agent}"{build}', method=method,
                      path=request.uri.decode("latin-1")[:1000], status=request.code, bytes=sent,
                      duration=seconds, agent=agent.decode("latin-1")[:200].replace('"', "'"),
-                     build="" if note is None or note.build_id is None else f" build={note.build_id}")
+                     build="" if build_id is None else f" build={build_id}")

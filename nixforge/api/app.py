@@ -17,7 +17,7 @@ from werkzeug.exceptions import MethodNotAllowed, NotFound
 from werkzeug.http import parse_etags
 
 from nixforge.api.accept import choose_manifest
-from nixforge.api.access_log import BLOB_ROUTE, UNMATCHED_ROUTE, build_note, set_route
+from nixforge.api.access_log import BLOB_ROUTE, UNMATCHED_ROUTE, note_build, set_route
 from nixforge.api.blob_sender import parse_range
 from nixforge.api.builds import BuildBook
 from nixforge.api.errors import API_VERSION, API_VERSION_HEADER, INTERNAL_ERROR, HttpError, error_response, write_error
@@ -27,7 +27,6 @@ from nixforge.api.pagination import next_link, paginate, parse_page_request
 from nixforge.api.refresh import refresh
 from nixforge.api.routing import CONVERTERS
 from nixforge.api.sendfile import send_blob
-from nixforge.images.build_events import build_request
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
 from nixforge.oci.referrers import referrers_index
@@ -69,7 +68,6 @@ def _read_only(template: str) -> Callable[[_Handler], _Handler]:
         @functools.wraps(handler)
         async def route(self: RegistryApi, request: IRequest, *args: Any, **kwargs: Any) -> bytes | None:
             set_route(request, template)
-            build_request.set(build_note(request))
             try:
                 self._require_read(request)
                 return await handler(self, request, *args, **kwargs)
@@ -268,7 +266,8 @@ class RegistryApi:
         if isinstance(parsed, Digest):
             document = await self._images.manifest_by_digest(name, str(parsed))
         else:
-            manifests = await self._images.resolve_tag(name, parsed.value)
+            manifests = await self._images.resolve_tag(name, parsed.value,
+                                                       on_build=lambda build_id: note_build(request, build_id))
             document = choose_manifest(_headers(request, b"accept"), manifests)
             request.setHeader(b"Vary", b"Accept")
         request.setHeader(b"Content-Type", document.media_type.encode())

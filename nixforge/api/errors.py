@@ -10,6 +10,7 @@ from twisted.web.iweb import IRequest
 from nixforge.errors import (
     BlobUnknown,
     BuildFailed,
+    BuildInProgress,
     BuildTimedOut,
     DigestInvalid,
     ForgeError,
@@ -102,7 +103,7 @@ def error_response(error: BaseException) -> ErrorResponse | None:
     """Return the response for an expected error, or None if it is unexpected (a bug: log it)."""
     if isinstance(error, HttpError):
         return error.response
-    if isinstance(error, TooManyBuilds):
+    if isinstance(error, (TooManyBuilds, BuildInProgress)):
         return ErrorResponse(
             status=429,
             code="TOOMANYREQUESTS",

@@ -1,14 +1,10 @@
-"""What a build tells whoever watches: started, phase, log line, finished (an observer the service calls).
+"""What a build tells whoever watches: started, phase, log line, finished (an observer TagBuilds calls).
 
-Log lines reach the build that caused them through a context variable (`nixforge.nix.log_lines.
-build_lines`): the service sets it in the coroutine that builds, and every Nix process that coroutine
-starts picks it up, so no builder or client signature carries a callback. The request that started
-a build learns its id the same way (`build_request`), for the access log.
+Log lines reach the observer through a `lines` callable that TagBuilds hands to the builder, which
+hands it to every Nix command of the build.
 """
 
 from __future__ import annotations
-
-from contextvars import ContextVar
 
 from attrs import define, frozen
 from zope.interface import Interface, implementer
@@ -89,13 +85,3 @@ class BuildObservers:
         """Tell each."""
         for observer in self.observers:
             observer.build_finished(build_id, outcome, finished, error)  # type: ignore[attr-defined]
-
-
-@define
-class BuildNote:
-    """Filled in by the service for the request whose pull started a build."""
-
-    build_id: str | None = None
-
-
-build_request: ContextVar[BuildNote | None] = ContextVar("nixforge_build_request", default=None)

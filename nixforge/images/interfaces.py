@@ -28,11 +28,13 @@ class BlobFile:
 class IImageService(Interface):
     """Resolve repositories, tags and digests; every failure is a `nixforge.errors.ForgeError`."""
 
-    def resolve_tag(name: str, tag: str) -> Deferred[ImageManifests]:
+    def resolve_tag(name: str, tag: str, on_build: Callable[[str], None] | None = None) -> Deferred[ImageManifests]:
         """Return both manifest forms of name:tag, building the image first if needed.
 
-        Fails with NameUnknown, ManifestUnknown, BuildFailed, BuildTimedOut or TooManyBuilds.
-        Cancelling the returned Deferred never cancels a build other callers wait on.
+        `on_build`, when given, is told the id of a build this call starts. Fails with NameUnknown,
+        ManifestUnknown, BuildFailed, BuildTimedOut, TooManyBuilds or BuildInProgress (the pull wait
+        is over; the build goes on). Cancelling the returned Deferred never cancels a build other
+        callers wait on.
         """
 
     def manifest_by_digest(name: str, digest: str) -> Deferred[ManifestDocument]:

@@ -23,9 +23,9 @@ from attrs import define
 
 from nixforge.errors import ManifestUnknown, NameUnknown
 from nixforge.images.targets import is_immutable
+from nixforge.references import COMMIT_TAG_MODES
 from nixforge.store.interfaces import ILockedRevisions
 
-COMMIT_TAG_MODES = ("known", "any", "none")
 _PACKAGES_PREFIX = "packages/"
 
 

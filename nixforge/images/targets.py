@@ -8,31 +8,13 @@ from urllib.parse import parse_qsl, urlencode
 from attrs import frozen
 
 from nixforge.errors import ManifestUnknown, NameUnknown
+from nixforge.nix.commands import ATTRIBUTE_NAME, attribute_path
 
-# One flake attribute name: a component of the OCI name grammar, dots included. It can hold no quote,
-# backslash, `$` or space, so quoting it (`"pkgs.offen"`, which Nix 2.8 accepts in installables)
-# can't change what the attribute path means.
-_ATTRIBUTE = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _GIT_HOSTED = ("github:", "gitlab:", "sourcehut:")
 # The words of the name scheme itself: alone, `packages` and `applications` name no package.
 _RESERVED = frozenset({"packages", "applications"})
 _HINT = "use <pkg>, packages/<pkg> or applications/<app>/<image>"
-
-
-def attribute_path(*names: str) -> str:
-    """Join attribute names into a Nix attribute path, quoting each name that holds a dot.
-
-    `attribute_path("app", "containers", "entries", "web.tar.gz")` is
-    `app.containers.entries."web.tar.gz"`. Every name is checked against the grammar again here,
-    whoever validated it before: a path is only ever made of names that can't carry a quote.
-    """
-    parts = []
-    for name in names:
-        if not _ATTRIBUTE.fullmatch(name):
-            raise ValueError(f"not a safe attribute name: {name!r}")
-        parts.append(f'"{name}"' if "." in name else name)
-    return ".".join(parts)
 
 
 @frozen
@@ -61,14 +43,14 @@ class BuildTarget:
 
 
 def _attribute(text: str, name: str) -> str:
-    if not _ATTRIBUTE.fullmatch(text) or name in _RESERVED:
+    if not ATTRIBUTE_NAME.fullmatch(text) or name in _RESERVED:
         raise NameUnknown("repository name does not map to a flake attribute", {"name": name, "hint": _HINT})
     return text
 
 
 def is_package_name(text: str) -> bool:
     """Tell whether a flake attribute name can be pulled as the repository `<text>`."""
-    return bool(_ATTRIBUTE.fullmatch(text)) and text not in _RESERVED
+    return bool(ATTRIBUTE_NAME.fullmatch(text)) and text not in _RESERVED
 
 
 def target_for(name: str) -> BuildTarget:

@@ -24,7 +24,7 @@ from nixforge.nix.commands import (
     parse_path_info,
     path_info_argv,
 )
-from nixforge.nix.log_lines import NixLog, build_lines, killed_tail
+from nixforge.nix.log_lines import NixLog, killed_tail
 from nixforge.nix.process import (
     DEFAULT_KILL_GRACE,
     ProcessResult,
@@ -47,6 +47,7 @@ __all__ = [
 log = Logger(namespace="nixforge.nix")
 
 T = TypeVar("T")
+LineSink = Callable[[str], None] | None
 
 
 class NixError(Exception):
@@ -132,10 +133,11 @@ class NixClient:
         return NixSettings(self.options, self.accept_flake_config)
 
     # Every command takes an optional `timeout` (seconds) overriding the client's, so a caller can
-    # give several commands one shared deadline.
+    # give several commands one shared deadline, and an optional `lines`: a callable that gets each
+    # human line of the command's log as it arrives (a build's live log).
 
     def build(
-        self, installable: str, timeout: float | None = None, out_link: str | None = None
+        self, installable: str, timeout: float | None = None, out_link: str | None = None, lines: LineSink = None
     ) -> Deferred[list[str]]:
         """Build `installable`; fire with its output store paths ("out" first).
 
@@ -143,28 +145,28 @@ class NixClient:
         removes them.
         """
         argv = build_argv(self.nix_binary, installable, self.settings, out_link)
-        return self._run(argv, parse_build_output, timeout)
+        return self._run(argv, parse_build_output, timeout, lines)
 
     def eval_json(
-        self, installable: str, apply: str | None = None, timeout: float | None = None
+        self, installable: str, apply: str | None = None, timeout: float | None = None, lines: LineSink = None
     ) -> Deferred[object]:
         """Evaluate `installable` (through `apply` if given); fire with the decoded JSON value."""
         argv = eval_argv(self.nix_binary, installable, apply, self.settings)
-        return self._run(argv, parse_eval_output, timeout)
+        return self._run(argv, parse_eval_output, timeout, lines)
 
-    def closure(self, path: str, timeout: float | None = None) -> Deferred[list[StorePathInfo]]:
+    def closure(self, path: str, timeout: float | None = None, lines: LineSink = None) -> Deferred[list[StorePathInfo]]:
         """Fire with every store path of the closure of `path`, with sizes and references."""
-        return self._run(path_info_argv(self.nix_binary, path, self.settings), parse_path_info, timeout)
+        return self._run(path_info_argv(self.nix_binary, path, self.settings), parse_path_info, timeout, lines)
 
     def metadata(
-        self, flake_ref: str, timeout: float | None = None, refresh: bool = False
+        self, flake_ref: str, timeout: float | None = None, refresh: bool = False, lines: LineSink = None
     ) -> Deferred[dict[str, object]]:
         """Fetch and lock `flake_ref`; fire with `nix flake metadata --json` (locked `url`, `revision`).
 
         `refresh` fetches again what Nix downloaded before (`--refresh`), whatever its tarball-ttl.
         """
         argv = metadata_argv(self.nix_binary, flake_ref, self.settings, refresh)
-        return self._run(argv, parse_metadata_output, timeout)
+        return self._run(argv, parse_metadata_output, timeout, lines)
 
     def version(self, timeout: float = 30.0) -> Deferred[str]:
         """Run `nix --version`; fire with its first line (the readiness check: Nix runs)."""
@@ -182,11 +184,13 @@ class NixClient:
         """Process (and process group) ids of the nix processes running now."""
         return sorted(running.pid for running in self._running)
 
-    def _run(self, argv: list[str], parse: Callable[[bytes], T], timeout: float | None = None) -> Deferred[T]:
+    def _run(
+        self, argv: list[str], parse: Callable[[bytes], T], timeout: float | None = None, lines: LineSink = None
+    ) -> Deferred[T]:
         """Spawn `argv`, log its stderr, and fire with `parse(stdout)` or fail with a NixError."""
         timeout = self.timeout if timeout is None else timeout
         command = f"nix {argv[1]}"
-        nix_log = NixLog(tail_lines=self.log_tail_lines, command=command, sink=build_lines.get())
+        nix_log = NixLog(tail_lines=self.log_tail_lines, command=command, sink=lines)
         log.debug("running {argv}", argv=" ".join(argv))
         try:
             running = spawn(

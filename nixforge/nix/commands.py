@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 from attrs import frozen
@@ -51,6 +52,34 @@ class NixSettings:
         for name, value in self.options:
             flags += ["--option", name, value]
         return flags
+
+
+# One flake attribute name: a component of the OCI name grammar, dots included. It can hold no quote,
+# backslash, `$` or space, so quoting it (`"pkgs.offen"`, which Nix 2.8 accepts in installables)
+# can't change what the attribute path means.
+ATTRIBUTE_NAME = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
+
+
+def attribute_path(*names: str) -> str:
+    """Join attribute names into a Nix attribute path, quoting each name that holds a dot.
+
+    `attribute_path("app", "containers", "entries", "web.tar.gz")` is
+    `app.containers.entries."web.tar.gz"`. Every name is checked against the grammar again here,
+    whoever validated it before: a path is only ever made of names that can't carry a quote.
+    """
+    parts = []
+    for name in names:
+        if not ATTRIBUTE_NAME.fullmatch(name):
+            raise ValueError(f"not a safe attribute name: {name!r}")
+        parts.append(f'"{name}"' if "." in name else name)
+    return ".".join(parts)
+
+
+def installable(flake_ref: str, *names: str) -> str:
+    """`FLAKE_REF#ATTRIBUTE.PATH`: the one place a flake installable is made (names as `attribute_path`)."""
+    if "#" in flake_ref:
+        raise ValueError(f"a flake reference holds no '#': {flake_ref!r}")
+    return f"{flake_ref}#{attribute_path(*names)}"
 
 
 def _command(nix: str, words: Sequence[str], settings: NixSettings, target: str) -> list[str]:

@@ -6,15 +6,11 @@ import json
 import re
 from collections import deque
 from collections.abc import Callable
-from contextvars import ContextVar
 
 from attrs import define, field, frozen
 from twisted.logger import Logger
 
 log = Logger(namespace="nixforge.nix")
-
-# Where the human lines of the Nix processes started in this context go too (a build's live log).
-build_lines: ContextVar[Callable[[str], None] | None] = ContextVar("nixforge_build_lines", default=None)
 
 _ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 _PREFIX = "@nix "

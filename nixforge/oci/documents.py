@@ -109,3 +109,23 @@ def build_manifests(
         oci=ManifestDocument(mt.OCI_MANIFEST, canonical_json(oci)),
         docker=ManifestDocument(mt.DOCKER_MANIFEST, canonical_json(docker)),
     )
+
+
+def referenced_digests(body: bytes) -> tuple[frozenset[str], frozenset[str]]:
+    """What a manifest names: `(blobs, children)`: its config and layers, and an index's manifests.
+
+    A body that is not a JSON object names nothing.
+    """
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return frozenset(), frozenset()
+    if not isinstance(document, dict):
+        return frozenset(), frozenset()
+
+    def digests(descriptors: object) -> frozenset[str]:
+        items = descriptors if isinstance(descriptors, list) else []
+        return frozenset(item["digest"] for item in items
+                         if isinstance(item, dict) and isinstance(item.get("digest"), str))
+
+    return digests([document.get("config"), *(document.get("layers") or [])]), digests(document.get("manifests"))
