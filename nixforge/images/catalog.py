@@ -132,7 +132,7 @@ class FlakeCatalog:
             self._failed[locked] = self.clock.seconds() + RETRY_AFTER
             while len(self._failed) > self.capacity:
                 self._failed.popitem(last=False)
-            log.warn("the flake's catalog at {locked} is unavailable for {ttl:g} s; names are asked of Nix one "
+            log.warn("the flake's catalog is unavailable at {locked} for {ttl:g} s; names are asked of Nix one "
                      "by one meanwhile: {reason}", locked=locked, ttl=RETRY_AFTER,
                      reason=str(getattr(error, "message", error)).splitlines()[0][:500])
             return None
