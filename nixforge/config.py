@@ -263,6 +263,8 @@ SETTINGS: tuple[Setting, ...] = (
             "on or off: serve Prometheus metrics at GET /metrics (off: no counting at all)."),
     Setting("access_log", "NIXFORGE_ACCESS_LOG", "access-log", "on", _boolean,
             "on or off: one INFO line per request (method, path, status, bytes, duration, build id)."),
+    Setting("ui", "NIXFORGE_UI", "ui", "on", _boolean,
+            "on or off: serve the web pages at / and /ui/ (off: those paths answer 404)."),
     Setting("builds_kept", "NIXFORGE_BUILDS_KEPT", "builds-kept", "50", _positive_int,
             "Finished builds /-/builds keeps, with their logs, besides the running ones."),
     Setting("build_log_size", "NIXFORGE_BUILD_LOG_SIZE", "build-log-size", "1M", _log_size,
@@ -322,6 +324,7 @@ class ForgeConfig:
     ready_interval: float = 30.0
     metrics: bool = True
     access_log: bool = True
+    ui: bool = True
     builds_kept: int = 50
     build_log_size: int = 1 << 20
     nix_binary: str = "nix"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 from attrs import define, evolve, field
 from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred, fail, succeed
@@ -497,6 +497,27 @@ class ImageService:
             log.info("evaluating the flake's catalog at {locked}", locked=locked)
             names = await self._limited(self._probes, lambda: catalog.evaluate(locked))
         return names
+
+
+    # -- read-only views for the web pages (no Nix, no pull recorded) ----------------------------
+
+    def latest_catalog(self) -> tuple[str, float, list[str] | None] | None:
+        """`latest`'s last locked reference, when it was locked, and its cached catalog; None before any lock."""
+        known = self._locks.get("latest")
+        if known is None:
+            return None
+        names = self.catalog.cached(known[0]) if self.catalog is not None else None
+        return known[0], known[1], None if names is None else [n for n in names if self.policy.allows_name(n)]
+
+    def stored_records(self) -> list[TagRecord]:
+        """The stored tags the policy serves now, as the tag index holds them, sorted by name and tag."""
+        return [record for name in sorted(self.index.names()) if self.policy.allows_name(name)
+                for tag in self.index.tags(name) if self.policy.allows_tag(tag)
+                for record in (self.index.get(name, tag),) if record is not None]
+
+    def open_stored(self, digest: str) -> BinaryIO:
+        """Open a stored blob or manifest by digest (blocking: call it in a thread); BlobUnknown if absent."""
+        return self.store.open(digest)
 
 
 def _name_build(error: BaseException, build_id: str) -> None:
