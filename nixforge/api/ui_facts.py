@@ -7,7 +7,7 @@ import tarfile
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, BinaryIO, Protocol
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import unquote, urlsplit
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
@@ -101,11 +101,11 @@ class Overview:
 
 def shown_revision(locked: str) -> str | None:
     """The git revision or NAR hash named in a locked flake reference's query, fit to show (or None)."""
-    query = parse_qs(urlsplit(locked).query) if "?" in locked else {}
+    query = urlsplit(locked).query if "?" in locked else ""
+    pairs = dict(part.partition("=")[::2] for part in query.split("&") if part)
     for key in _SHOWN_QUERY:
-        values = query.get(key)
-        if values:
-            return f"{key}={values[0]}"
+        if pairs.get(key):
+            return f"{key}={unquote(pairs[key])}"
     return None
 
 

@@ -28,6 +28,11 @@ def when(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def pulled_text(seconds: float | None) -> str:
+    """When a tag was last pulled; the pull that built it does not count (as for GC)."""
+    return "not since it was built" if seconds is None else when(seconds)
+
+
 def iso_time(text: object) -> str:
     """An RFC 3339 time from `/-/builds` (`…Z`) shown as `when` shows times; `-` for none."""
     if not isinstance(text, str):
@@ -179,7 +184,7 @@ class Home(Element):
             yield tag.clone().fillSlots(
                 name=f"{stored.name}:{stored.tag}", href=f"/ui/{stored.name}", digest=stored.oci_digest,
                 short=short(stored.oci_digest), size=size(stored.size), built=when(stored.built),
-                pulled=when(stored.pulled))
+                pulled=pulled_text(stored.pulled))
 
     @renderer
     def store_meter(self, request: IRequest, tag: Tag) -> Tag | str:
@@ -304,7 +309,7 @@ class Package(Element):
         for stored in self._stored:
             section = tag.clone().fillSlots(
                 name=stored.name, tag=stored.tag, oci=stored.oci_digest, docker=stored.docker_digest,
-                size=size(stored.size), built=when(stored.built), pulled=when(stored.pulled))
+                size=size(stored.size), built=when(stored.built), pulled=pulled_text(stored.pulled))
             yield _TagSection(TagLoader(section), stored)
 
 
