@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import ForgeProcess, http_request, require_tool, run_tool, wait_until
+from e2e_support import NIX_RUN, ForgeProcess, http_request, require_tool, run_tool, wait_until
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -57,8 +57,7 @@ def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriv
 def ui_forge(tmp_path_factory: pytest.TempPathFactory, flake_ref: str) -> Iterator[ForgeProcess]:
     """One registry for the module: hello built, and the catalog evaluated (the pages never evaluate it)."""
     work_dir = tmp_path_factory.mktemp("ui-forge")
-    forge = ForgeProcess(flake_ref=flake_ref, data_dir=work_dir / "data", work_dir=work_dir,
-                         log_level="INFO").start()
+    forge = ForgeProcess(flake_ref=flake_ref, data_dir=work_dir / "data", work_dir=work_dir).start()  # DEBUG
     assert forge.manifest("hello").status == 200
     assert "hello" in forge.get("/v2/_catalog").json()["repositories"]
     yield forge
@@ -80,7 +79,12 @@ def console_errors(driver: WebDriver) -> list[str]:
 
 def test_the_start_page_lists_the_catalog_with_pull_commands(ui_forge: ForgeProcess, browser: WebDriver,
                                                                tmp_path: Path) -> None:
-    """`/` shows the flake's packages, each with `podman pull <host>/<name>:latest` and a copy button."""
+    """`/` shows the flake's packages, each with `podman pull <host>/<name>:latest` and a copy button.
+
+    Reading the pages starts no Nix process; dark by the reader's preference; narrow without overflow.
+    """
+    ui_forge.sync_log()
+    nix_runs = len(ui_forge.matching_lines(NIX_RUN))
     browser.get(ui_forge.url("/"))
     screenshot(browser, tmp_path / "start.png")
     rows = browser.find_elements(By.CSS_SELECTOR, "table.catalog tbody tr")
@@ -95,6 +99,18 @@ def test_the_start_page_lists_the_catalog_with_pull_commands(ui_forge: ForgeProc
     assert "path:<host path>" in browser.find_element(By.TAG_NAME, "main").text  # the flake, redacted
     assert "hello:latest" in browser.find_element(By.ID, "stored-heading").find_element(By.XPATH, "..").text
     assert console_errors(browser) == []
+    light = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia",
+                            {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    browser.set_window_size(400, 900)
+    browser.get(ui_forge.url("/ui/hello"))
+    browser.get(ui_forge.url("/"))
+    assert browser.save_screenshot(str(tmp_path / "start-dark-narrow.png"))
+    assert (light, browser.execute_script("return getComputedStyle(document.body).backgroundColor")) == (
+        "rgb(255, 255, 255)", "rgb(15, 18, 22)")
+    assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+    ui_forge.sync_log()
+    assert len(ui_forge.matching_lines(NIX_RUN)) == nix_runs, ui_forge.log_tail()
     answer = http_request(ui_forge.url("/"))
     assert answer.headers["content-security-policy"] == CSP
     assert answer.headers["content-type"] == "text/html; charset=utf-8"
