@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_support import NIX_RUN, ForgeProcess, http_request, require_tool, run_tool, wait_until
+from e2e_support import NIX_RUN, OCI_INDEX, ForgeProcess, http_request, require_tool, run_tool, wait_until
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
@@ -99,6 +99,10 @@ def test_the_start_page_lists_the_catalog_with_pull_commands(ui_forge: ForgeProc
     assert "path:<host path>" in browser.find_element(By.TAG_NAME, "main").text  # the flake, redacted
     assert "hello:latest" in browser.find_element(By.ID, "stored-heading").find_element(By.XPATH, "..").text
     assert console_errors(browser) == []
+    assets = browser.execute_script(
+        "return [...document.querySelectorAll('[src], link[href]')]"
+        ".map(e => e.getAttribute('src') || e.getAttribute('href'))")
+    assert assets and all(asset.startswith("/ui/-/static/") for asset in assets), assets  # nothing from elsewhere
     light = browser.execute_script("return getComputedStyle(document.body).backgroundColor")
     browser.execute_cdp_cmd("Emulation.setEmulatedMedia",
                             {"features": [{"name": "prefers-color-scheme", "value": "dark"}]})
@@ -155,6 +159,8 @@ def test_a_running_build_page_follows_the_log_live(ui_forge: ForgeProcess, brows
     assert browser.find_element(By.ID, "build-state").text == "running"
     assert wait_until(lambda: "nixforge-drip line 2" in log.text, timeout=60)
     early = log.text
+    without_scripts = http_request(ui_forge.url(f"/ui/builds/{builds[0]['id']}")).body.decode()
+    assert "nixforge-drip line 1" in without_scripts  # the log so far is in the page itself
     assert "nixforge-drip line 8" not in early and pull.is_alive()
     screenshot(browser, tmp_path / "build-running.png")
     assert wait_until(lambda: browser.find_element(By.ID, "build-state").text == "success", timeout=120)
@@ -200,6 +206,30 @@ def test_markup_in_a_build_log_is_shown_as_text_and_never_runs(ui_forge: ForgePr
     assert "pwned" not in browser.title and browser.title.startswith("Build of tagsoup:latest")
     assert browser.find_elements(By.CSS_SELECTOR, "main script, main img") == []
     assert browser.execute_script("return document.scripts.length") == 1  # ui.js alone
+
+
+def test_an_index_page_shows_each_platform_with_its_layers(tmp_path: Path, flake_ref: str,
+                                                           browser: WebDriver) -> None:
+    """With two systems, `/ui/hello` shows the index's digest and one image per platform, each with layers."""
+    forge = ForgeProcess(flake_ref=flake_ref, data_dir=tmp_path / "data", work_dir=tmp_path / "forge",
+                         log_level="INFO", extra_args=["--systems", "x86_64-linux,aarch64-linux",
+                                                       "--nix-option", "extra-platforms=aarch64-linux"]).start()
+    try:
+        answer = forge.manifest("hello", accept=OCI_INDEX)
+        browser.get(forge.url("/ui/hello"))
+        screenshot(browser, tmp_path / "package-index.png")
+        assert browser.find_element(By.CSS_SELECTOR, "code.oci-digest").text == answer.headers["docker-content-digest"]
+        sections = browser.find_elements(By.CSS_SELECTOR, "section.image")
+        expected = {(entry["digest"], "/".join(entry["platform"][key] for key in ("os", "architecture", "variant")
+                                                if key in entry["platform"]))
+                    for entry in answer.json()["manifests"]}
+        shown = {(section.find_element(By.CSS_SELECTOR, "h3 code").text,
+                  section.find_element(By.CSS_SELECTOR, ".platform").text.strip("()")) for section in sections}
+        assert shown == expected == {(d, p) for d, p in expected if p in ("linux/amd64", "linux/arm64/v8")}
+        for section in sections:
+            assert section.find_elements(By.CSS_SELECTOR, "table.layers tbody tr")
+    finally:
+        forge.stop()
 
 
 def test_with_authentication_on_the_pages_need_credentials(tmp_path: Path, flake_ref: str,
