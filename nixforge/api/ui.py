@@ -6,16 +6,12 @@ import re
 from importlib.resources import files
 
 from attrs import define, field
-from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.template import Element, flattenString
 
 from nixforge.api.ui_facts import UiFacts
 from nixforge.api.ui_pages import Build, Home, Layout, Message, Package
-from nixforge.errors import BlobUnknown
 from nixforge.references import NAME_PATTERN
-
-log = Logger()
 
 CONTENT_SECURITY_POLICY = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
@@ -56,13 +52,7 @@ class UiPages:
         if not records and not self.facts.catalog_has(name):
             return await self._not_found(request, "No such image",
                                          f"{name} is neither stored nor in the flake's catalog (as last evaluated).")
-        stored = []
-        for record in records:
-            try:
-                stored.append(await self.facts.stored_tag(record))
-            except (BlobUnknown, ValueError, KeyError) as error:
-                log.warn("the page of {name}:{tag} skips it: {error}", name=record.name, tag=record.tag, error=error)
-        return await self._page(request, name, Package(name, stored, host))
+        return await self._page(request, name, Package(name, await self.facts.stored_tags(records), host))
 
     async def _build(self, request: IRequest, build_id: str) -> bytes:
         found = self.facts.builds.log_so_far(build_id)

@@ -11,6 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 from attrs import define, field, frozen
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 
 from nixforge.api.builds import BuildBook
 from nixforge.errors import BlobUnknown
@@ -19,6 +20,7 @@ from nixforge.oci.layer_paths import store_paths_in_layer
 from nixforge.redaction import redact_flake_ref
 from nixforge.store.interfaces import TagRecord
 
+log = Logger()
 MAX_LISTED_LAYER = 64 << 20
 """Layers bigger than this (compressed) are not read to list their store paths."""
 MAX_STORED_SHOWN = 200
@@ -80,7 +82,6 @@ class StoredTag:
     built: float
     pulled: float | None
     size: int
-    index: bool
     images: tuple[Image, ...]
 
 
@@ -127,7 +128,7 @@ class UiFacts:
         latest = self.images.latest_catalog()
         locked, resolved, catalog = latest if latest is not None else (None, None, None)
         records = self.images.stored_records()[:MAX_STORED_SHOWN]
-        stored = [await self.stored_tag(record, with_layers=False) for record in records]
+        stored = await self.stored_tags(records, with_layers=False)
         builds = self.builds.builds()
         return Overview(
             flake=redact_flake_ref(self.images.flake),
@@ -151,6 +152,16 @@ class UiFacts:
         names = latest[2] if latest is not None else None
         return names is not None and name.removeprefix("packages/") in names
 
+    async def stored_tags(self, records: list[TagRecord], with_layers: bool = True) -> list[StoredTag]:
+        """The stored tags whose documents can be read; one that can't (GC took it meanwhile) is left out."""
+        found = []
+        for record in records:
+            try:
+                found.append(await self.stored_tag(record, with_layers))
+            except (BlobUnknown, ValueError, KeyError, TypeError) as error:
+                log.warn("the pages leave {name}:{tag} out: {error}", name=record.name, tag=record.tag, error=error)
+        return found
+
     async def stored_tag(self, record: TagRecord, with_layers: bool = True) -> StoredTag:
         """A stored tag with its images (and, if asked, each layer's store paths)."""
         top = await self._document(record.oci_digest)
@@ -167,8 +178,7 @@ class UiFacts:
         return StoredTag(
             name=record.name, tag=record.tag, oci_digest=record.oci_digest, docker_digest=record.docker_digest,
             built=record.built_at, pulled=self.last_pulled(record.name, record.tag),
-            size=sum(image.size for image in images), index=len(members) > 1 or members[0][1] != "",
-            images=tuple(images),
+            size=sum(image.size for image in images), images=tuple(images),
         )
 
     async def _sboms(self, record: TagRecord) -> dict[str, tuple[tuple[str, str], ...]]:

@@ -141,6 +141,7 @@ async def test_the_start_page_lists_pull_commands_and_hides_host_paths() -> None
     assert request.responseHeaders.getRawHeaders(b"content-type") == [b"text/html; charset=utf-8"]
     assert "podman pull forge.example:5000/world:latest" in html
     assert 'href="/ui/builds/b1"' in html  # the running build
+    assert ">hello:latest<" in html  # the stored tag
     assert "/srv/secret-flake" not in html and "token=abc" not in html
     assert "<script" in html and html.count("<script") == 1  # ui.js alone
     assert json.dumps("style=") not in html and " style=" not in html and "onclick" not in html
@@ -173,3 +174,13 @@ async def test_the_static_files_are_served_with_their_types() -> None:
     assert "innerHTML" not in body and "textContent" in body
     request, _ = await _get(pages, "-/static/ui.css")
     assert request.responseHeaders.getRawHeaders(b"content-type") == [b"text/css; charset=utf-8"]
+
+
+@ensureDeferred
+async def test_a_tag_whose_manifest_is_gone_is_left_out_and_the_page_still_renders() -> None:
+    images = _Images()
+    del images.blobs[images.manifest]  # GC took it between the index read and the page
+    request, html = await _get(_pages(images), None)
+    assert request.responseCode in (None, 200)  # DummyRequest: None until a code is set
+    assert ">hello:latest<" not in html and "Nothing built yet" in html
+    assert "podman pull forge.example:5000/hello:latest" in html
