@@ -498,7 +498,6 @@ class ImageService:
             names = await self._limited(self._probes, lambda: catalog.evaluate(locked))
         return names
 
-
     # -- read-only views for the web pages (no Nix, no pull recorded) ----------------------------
 
     def latest_catalog(self) -> tuple[str, float, list[str] | None] | None:
