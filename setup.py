@@ -13,7 +13,8 @@ setup(
     license="MIT",
     python_requires=">=3.11",
     packages=[*find_packages(include=["nixforge", "nixforge.*"]), "twisted.plugins"],
-    package_data={"twisted.plugins": ["nixforge_plugin.py"]},
+    package_data={"twisted.plugins": ["nixforge_plugin.py"],
+                  "nixforge.api": ["ui_templates/*.xml", "ui_assets/*.css", "ui_assets/*.js", "ui_assets/*.svg"]},
     install_requires=[
         "twisted[tls]>=24.7",
         "klein>=24.8",
@@ -26,6 +27,6 @@ setup(
         "prometheus-client>=0.20",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6", "pyyaml>=6"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6", "pyyaml>=6", "selenium>=4.20"],
     },
 )

@@ -269,6 +269,8 @@ SETTINGS: tuple[Setting, ...] = (
             "on or off: serve Prometheus metrics at GET /metrics (off: no counting at all)."),
     Setting("access_log", "NIXFORGE_ACCESS_LOG", "access-log", "on", _boolean,
             "on or off: one INFO line per request (method, path, status, bytes, duration, build id)."),
+    Setting("ui", "NIXFORGE_UI", "ui", "on", _boolean,
+            "on or off: serve the web pages at / and /ui/ (off: those paths answer 404)."),
     Setting("builds_kept", "NIXFORGE_BUILDS_KEPT", "builds-kept", "50", _positive_int,
             "Finished builds /-/builds keeps, with their logs, besides the running ones."),
     Setting("build_log_size", "NIXFORGE_BUILD_LOG_SIZE", "build-log-size", "1M", _log_size,

@@ -30,6 +30,8 @@ from nixforge.api.htpasswd import HtpasswdFile
 from nixforge.api.metrics import BuildMetrics, RegistryMetrics
 from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.api.refresh import body_limit as refresh_body_limit
+from nixforge.api.ui import UiPages
+from nixforge.api.ui_facts import StoreUsage, UiFacts
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
 from nixforge.images.assembly import ImagesSettings, assemble_images
 from nixforge.images.build_events import BuildObservers
@@ -38,6 +40,7 @@ from nixforge.images.flake_locks import FlakeLocks
 from nixforge.images.image_script import ScriptRunner
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.script_user import ScriptUser
+from nixforge.images.service import ImageService
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.layer_cache import LayerCache
@@ -246,6 +249,7 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     if metrics is not None:
         parts.builds.observer = BuildObservers((builds, BuildMetrics(metrics)))
     api = RegistryApi(images, reactor, readiness=lambda: readiness.current, builds=builds, metrics=metrics,
+                      ui=_ui_pages(config, images, builds, gc, collector, reactor, root),
                       max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
                       refresh_access=_refresh_access(config))
@@ -266,6 +270,18 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
              commit_tags=config.commit_tags,
              script_user=scripts.user.name if scripts.user is not None else "nixforge's own user")
     return root
+
+
+def _ui_pages(config: ForgeConfig, images: ImageService, builds: BuildBook, gc: GcScheduler,
+              collector: GarbageCollector, reactor: Any, root: MultiService) -> UiPages | None:
+    """The web pages (NIXFORGE_UI), reading the store in a one-thread pool of their own, apart from pulls."""
+    if not config.ui:
+        return None
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="nixforge-ui")
+    _ThreadPoolService(pool).setServiceParent(root)
+    facts = UiFacts(images, builds, lambda function, *args: deferToThreadPool(reactor, pool, function, *args),
+                    lambda: StoreUsage(gc.store_bytes, gc.store_blobs, collector.max_size), collector.pulls.get)
+    return UiPages(facts)
 
 
 def _images_settings(config: ForgeConfig, host: str) -> ImagesSettings:

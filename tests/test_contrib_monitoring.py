@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nixforge.api.metrics import RegistryMetrics
 
 CONTRIB = Path(__file__).resolve().parent.parent / "contrib"
-README = CONTRIB.parent / "README.md"
+GUIDE = CONTRIB.parent / "docs" / "operating.md"
 
 
 class _State:
@@ -47,9 +47,9 @@ def test_the_scrape_config_reads_metrics_and_loads_the_rules() -> None:
     assert config["rule_files"] == ["nixforge-alerts.yml"]
 
 
-def test_the_readme_shows_both_files_as_shipped() -> None:
-    readme = README.read_text()
+def test_the_operating_guide_shows_both_files_as_shipped() -> None:
+    guide = GUIDE.read_text()
     for name in ("prometheus.yml", "nixforge-alerts.yml"):
-        block = re.search(r"```yaml\n(# " + re.escape(name) + r":.*?)```", readme, re.S)
-        assert block is not None, f"README shows no ```yaml block starting `# {name}:`"
+        block = re.search(r"```yaml\n(# " + re.escape(name) + r":.*?)```", guide, re.S)
+        assert block is not None, f"docs/operating.md shows no ```yaml block starting `# {name}:`"
         assert block.group(1) == (CONTRIB / name).read_text(), name

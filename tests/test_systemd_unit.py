@@ -14,7 +14,7 @@ from nixforge.config import SETTINGS
 REPO = Path(__file__).resolve().parents[1]
 UNIT = REPO / "contrib" / "nixforge.service"
 ENV_FILE = REPO / "contrib" / "nixforge.env"
-README = REPO / "README.md"
+GUIDE = REPO / "docs" / "running-as-a-service.md"
 
 HARDENING = {
     "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
@@ -91,9 +91,9 @@ def test_the_environment_file_sets_only_real_settings_with_valid_values() -> Non
     ForgeConfig.from_sources(values)
 
 
-def test_the_readme_shows_the_unit_and_the_environment_file_as_shipped() -> None:
-    readme = README.read_text()
+def test_the_service_guide_shows_the_unit_and_the_environment_file_as_shipped() -> None:
+    guide = GUIDE.read_text()
     for path in (UNIT, ENV_FILE):
-        block = re.search(r"```ini\n# " + re.escape(path.name) + r" .*?\n(.*?)```", readme, re.S)
-        assert block is not None, f"README shows no ```ini block starting `# {path.name} …`"
+        block = re.search(r"```ini\n# " + re.escape(path.name) + r" .*?\n(.*?)```", guide, re.S)
+        assert block is not None, f"docs/running-as-a-service.md shows no ```ini block starting `# {path.name} …`"
         assert block.group(1) == path.read_text(), path.name

@@ -27,6 +27,7 @@ from nixforge.api.pagination import next_link, paginate, parse_page_request
 from nixforge.api.refresh import refresh
 from nixforge.api.routing import CONVERTERS
 from nixforge.api.sendfile import send_blob
+from nixforge.api.ui import UiPages
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
 from nixforge.oci.referrers import referrers_index
@@ -129,7 +130,9 @@ class RegistryApi:
         readiness: Callable[[], Readiness] | None = None,
         builds: BuildBook | None = None,
         metrics: RegistryMetrics | None = None,
+        ui: UiPages | None = None,
     ) -> None:
+        self._ui = ui
         self._builds = builds or BuildBook()
         self._metrics = metrics
         self._readiness = readiness or (lambda: NOT_CHECKED)
@@ -236,6 +239,15 @@ class RegistryApi:
         if followed is not None:
             await followed
         return None
+
+    @app.route("/")
+    @app.route("/ui/<path:path>")
+    @_read_only("/ui")
+    async def ui(self, request: IRequest, path: str | None = None) -> bytes:
+        """The web pages (nixforge.api.ui); a JSON 404 when they are off (NIXFORGE_UI=false)."""
+        if self._ui is None:
+            raise HttpError("UNSUPPORTED", "the web pages are off (NIXFORGE_UI=false)", status=404)
+        return await self._ui.render(request, path)
 
     @app.route("/-/refresh", strict_slashes=False)
     @app.route("/-/refresh/<path:name>")

@@ -81,6 +81,18 @@ class BuildBook:
         """True if the build is kept."""
         return build_id in self._builds
 
+    def log_so_far(self, build_id: str) -> tuple[dict[str, object], list[str]] | None:
+        """The build as `/-/builds` describes it and the lines its log keeps now; None if not kept."""
+        record = self._builds.get(build_id)
+        if record is None:
+            return None
+        return record.describe(), self._so_far(record)
+
+    def _so_far(self, record: BuildRecord) -> list[str]:
+        """The kept lines, after a note of how many were dropped, if any."""
+        dropped = [f"[nixforge: {record.dropped} earlier lines dropped, the log keeps {self.max_log_bytes} bytes]"]
+        return [*(dropped if record.dropped else []), *record.lines]
+
     def follow(self, build_id: str, write: Writer) -> Deferred[None] | None:
         """Write the log so far, then each new line; the Deferred fires when the build ends.
 
@@ -89,9 +101,7 @@ class BuildBook:
         record = self._builds.get(build_id)
         if record is None:
             return None
-        if record.dropped:
-            write(f"[nixforge: {record.dropped} earlier lines dropped, the log keeps {self.max_log_bytes} bytes]")
-        for line in record.lines:
+        for line in self._so_far(record):
             write(line)
         if record.state != "running":
             return succeed(None)

@@ -9,6 +9,7 @@ then it is told to come back, and the build goes on.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import BinaryIO
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
@@ -48,6 +49,11 @@ class ImageService:
     keeper: IStoreKeeper = field(factory=NoStoreKeeper)
     on_refresh: Callable[[], None] | None = None
     _queued_refreshes: set[tuple[str, str]] = field(factory=set, init=False)
+
+    @property
+    def flake(self) -> str:
+        """The configured flake reference."""
+        return self.builds.locks.flake
 
     # -- what the metrics read ---------------------------------------------------------------
 
@@ -308,3 +314,23 @@ class ImageService:
             return []
         offered = await catalog.at(lock.locked)
         return offered.names() if offered is not None else []
+
+    # -- read-only views for the web pages (no Nix, no pull recorded) ----------------------------
+
+    def latest_catalog(self) -> tuple[str, float, list[str] | None] | None:
+        """`latest`'s last locked reference, when it was locked, and its cached catalog; None before any lock."""
+        lock = self.builds.locks.known("latest")
+        if lock is None:
+            return None
+        catalog = self.builds.catalog.cached(lock.locked) if self.builds.catalog is not None else None
+        names = None if catalog is None else [name for name in catalog.names() if self.policy.allows_name(name)]
+        return lock.locked, lock.at, names
+
+    def stored_records(self) -> list[TagRecord]:
+        """The stored tags the policy serves now, as the tag index holds them, sorted by name and tag."""
+        return [record for name in sorted(self.index.names()) if self.policy.allows_name(name)
+                for record in self._records(name)]
+
+    def open_stored(self, digest: str) -> BinaryIO:
+        """Open a stored blob or manifest by digest (blocking: call it in a thread); BlobUnknown if absent."""
+        return self.store.open(digest)
