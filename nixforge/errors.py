@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Self
+
 
 class ForgeError(Exception):
     """Base class of every error nixforge reports to a client."""
@@ -10,6 +12,16 @@ class ForgeError(Exception):
         super().__init__(message)
         self.message = message
         self.detail = detail
+
+    def fresh(self) -> Self:
+        """A new error of the same class and fields, with no traceback, `__context__` or `__cause__`.
+
+        Hand one out each time a kept error is answered again: raising the kept object itself would
+        lengthen its traceback on every raise, and each frame on it keeps its locals (requests too).
+        """
+        clone = type(self).__new__(type(self), *self.args)
+        clone.__dict__.update(self.__dict__)
+        return clone
 
 
 class NameInvalid(ForgeError):
