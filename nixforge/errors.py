@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import copy
-from typing import TypeVar
-
-E = TypeVar("E", bound="ForgeError")
+from typing import Self
 
 
 class ForgeError(Exception):
@@ -15,6 +12,16 @@ class ForgeError(Exception):
         super().__init__(message)
         self.message = message
         self.detail = detail
+
+    def fresh(self) -> Self:
+        """A new error of the same class and fields, with no traceback, `__context__` or `__cause__`.
+
+        Hand one out each time a kept error is answered again: raising the kept object itself would
+        lengthen its traceback on every raise, and each frame on it keeps its locals (requests too).
+        """
+        clone = type(self).__new__(type(self), *self.args)
+        clone.__dict__.update(self.__dict__)
+        return clone
 
 
 class NameInvalid(ForgeError):
@@ -75,15 +82,3 @@ class BuildInProgress(ForgeError):
     def __init__(self, message: str, retry_after: int, detail: object = None) -> None:
         super().__init__(message, detail)
         self.retry_after = retry_after
-
-
-def fresh_copy(error: E) -> E:
-    """A new exception like `error` (class, message, detail, retry_after) with no traceback or context.
-
-    An error kept to be raised again is raised as such a copy: raising the kept object itself would
-    grow its traceback with each raise, and keep every frame (and request) on it alive.
-    """
-    twin = Exception.__new__(type(error))
-    twin.args = error.args
-    twin.__dict__.update(copy.copy(error.__dict__))
-    return twin

@@ -1,4 +1,9 @@
-"""Scrub what a client must not learn from text: URL credentials and query strings, host paths, OSError text."""
+"""Scrub what a client must not learn from text: URL credentials and query strings, host paths, OSError text.
+
+Only the host's secrets go: a bare `/`, the registry's own URL paths (`/v2/…`, `/-/…`, `/healthz`…), a
+path after a placeholder (`<app>/<image>`) and text marked `Verbatim` (the request's own path, echoed
+back) are shown as they are.
+"""
 
 from __future__ import annotations
 
@@ -10,14 +15,25 @@ CREDENTIALS = "<credentials>"
 
 # A URL with an authority (`scheme://[userinfo@]host/path?query#fragment`), a flake-style ref with a
 # query (`github:o/r?dir=x`), or an absolute path that is not part of a URL (nor of a relative path).
+# A lone `/` names nothing of the host (`GET /`, `applications/<app>/<image>`): a path has a character after it.
 _TOKEN = re.compile(
     r"(?P<url>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>`]*)"
     r"|(?P<query_ref>\b[A-Za-z][A-Za-z0-9+.-]*:[^\s'\"<>`/?#][^\s'\"<>`?#]*\?[^\s'\"<>`#]*)"
-    r"|(?P<path>(?<![\w.~/-])/[^\s'\"<>`:,;#()\[\]{}]*)"
+    r"|(?P<path>(?<![\w.~/-])/[^\s'\"<>`:,;#()\[\]{}]+)"
 )
+# The registry's own URL space: `/v2/…`, `/-/builds/<id>/log`, `/-/refresh`, the health and metrics pages.
+_REGISTRY_PATH = re.compile(r"/(?:v2|-)(?:/[^/]*)*|/(?:healthz|readyz|metrics)/?")
+# A path right after a placeholder continues the registry's own text: `applications/<app>/<image>`.
+_AFTER_PLACEHOLDER = re.compile(r"<[A-Za-z][\w-]*>$")
 _USERINFO = re.compile(r"^(?P<scheme>[^:]+://)(?P<userinfo>[^/@?#]*@)")
 # `[Errno 2] No such file or directory: '/srv/x'` → `[Errno 2] No such file or directory`.
 _OS_ERROR = re.compile(r"(\[Errno \d+\] [^:'\"\n]*)(?::\s*'[^'\n]*'(?:\s*->\s*'[^'\n]*')?)+")
+
+
+class Verbatim(str):
+    """Text shown as it is, never scrubbed: the request's own path echoed back, or the registry's own words."""
+
+    __slots__ = ()
 
 
 def _strip_query(text: str) -> str:
@@ -32,6 +48,11 @@ def _store_path(path: str) -> bool:
     return path.startswith(STORE_DIR) and "/.." not in path
 
 
+def _registry_path(path: str) -> bool:
+    """True for a path of the registry's own URL space (not a file of the host), with no `..` in it."""
+    return _REGISTRY_PATH.fullmatch(path) is not None and "/.." not in path
+
+
 def _scrub_token(match: re.Match[str]) -> str:
     if match.group("url") is not None:
         url = _USERINFO.sub(lambda m: m.group("scheme") + CREDENTIALS + "@", match.group("url"))
@@ -42,11 +63,18 @@ def _scrub_token(match: re.Match[str]) -> str:
     if match.group("query_ref") is not None:
         return _strip_query(match.group("query_ref"))
     path = match.group("path")
-    return path if _store_path(path) else HOST_PATH
+    if _store_path(path) or _registry_path(path) or _AFTER_PLACEHOLDER.search(match.string, 0, match.start()):
+        return path
+    return HOST_PATH
 
 
 def redact(text: str) -> str:
-    """Return `text` without URL credentials, query strings, host paths outside /nix/store, OSError paths."""
+    """Return `text` without URL credentials, query strings, host paths outside /nix/store, OSError paths.
+
+    `Verbatim` text is returned as it is.
+    """
+    if isinstance(text, Verbatim):
+        return text
     text = _OS_ERROR.sub(lambda m: m.group(1).rstrip(), text)
     return _TOKEN.sub(_scrub_token, text)
 
@@ -61,7 +89,7 @@ def redact_value(value: object) -> object:
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):
-        return {redact(str(key)): redact_value(item) for key, item in value.items()}
+        return {redact(key if isinstance(key, str) else str(key)): redact_value(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [redact_value(item) for item in value]
     if value is None or isinstance(value, (bool, int, float)):

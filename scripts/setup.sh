@@ -7,7 +7,7 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
 
 packages=(nix-bin skopeo podman runc umoci busybox-static containerd apache2-utils openssl python3 python3-venv systemd
-          chromium chromium-driver)
+          chromium chromium-driver wrk)
 missing=()
 for package in "${packages[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q '^install ok installed$'; then

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from nixforge.redaction import redact, redact_value
+from nixforge.redaction import Verbatim, redact, redact_value
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -43,3 +43,39 @@ def test_values_are_redacted_all_the_way_down() -> None:
     assert redact_value(value) == {
         "flake": "path:<host path>", "log": ["ok", "in <host path>"], "n": 3, "nested": {"<host path>": ["a"]},
     }
+
+
+@pytest.mark.parametrize("text", [
+    "/",
+    "no such endpoint: GET /",
+    "use <pkg>, packages/<pkg> or applications/<app>/<image>",
+    "GET /v2/<name>/manifests/<reference>",
+    "see /-/builds/3f2a9c1d7e6b/log",
+    "POST /-/refresh/hello",
+    "/v2/hello/blobs/sha256:" + "a" * 64,
+    "/healthz", "/readyz", "/metrics",
+    "allowed from 10.0.0.0/8",
+])
+def test_the_registrys_own_words_are_kept(text: str) -> None:
+    assert redact(text) == text
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("/v2/../etc/shadow", "<host path>"),
+    ("/-/../../root/.ssh/id_ed25519", "<host path>"),
+    ("/v20/data", "<host path>"),
+    ("/healthz/../etc", "<host path>"),
+    ("/metricsx", "<host path>"),
+    ("echo hi >/tmp/out", "echo hi ><host path>"),
+    ("error: opening /home/me/src/app/flake.nix", "error: opening <host path>"),
+    ("/etc", "<host path>"),
+])
+def test_host_paths_next_to_the_registrys_words_still_go(text: str, expected: str) -> None:
+    assert redact(text) == expected
+
+
+def test_verbatim_text_is_shown_as_it_is() -> None:
+    path = Verbatim("/etc/passwd")
+    assert redact(path) == "/etc/passwd"
+    assert redact_value({"path": path, "log": ["in /etc/passwd"]}) == {"path": "/etc/passwd", "log": ["in <host path>"]}
+    assert redact_value({Verbatim("/a/b"): 1, "/c/d": 2}) == {"/a/b": 1, "<host path>": 2}

@@ -13,7 +13,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.exceptions import BadHost, MethodNotAllowed, NotFound
 from werkzeug.http import parse_etags
 
 from nixforge.api.accept import choose_manifest
@@ -21,6 +21,7 @@ from nixforge.api.access_log import BLOB_ROUTE, UNMATCHED_ROUTE, note_build, set
 from nixforge.api.blob_sender import parse_range
 from nixforge.api.builds import BuildBook
 from nixforge.api.errors import API_VERSION, API_VERSION_HEADER, INTERNAL_ERROR, HttpError, error_response, write_error
+from nixforge.api.host import host_problem
 from nixforge.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from nixforge.api.metrics import RegistryMetrics
 from nixforge.api.pagination import next_link, paginate, parse_page_request
@@ -32,6 +33,7 @@ from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
 from nixforge.oci.referrers import referrers_index
 from nixforge.readiness import NOT_CHECKED, Readiness
+from nixforge.redaction import Verbatim
 from nixforge.references import Digest, parse_digest, parse_reference, validate_name
 from nixforge.refresh_access import RefreshAccess
 
@@ -94,7 +96,8 @@ def _utf8_url(request: IRequest) -> bool:
 
 class _ApiVersionResource(Resource):
     """Wrap the Klein resource: every response carries the API version header, and what Klein
-    would answer in HTML (a path that is not UTF-8 once unquoted) gets an OCI JSON error instead."""
+    would answer in HTML (a path that is not UTF-8 once unquoted, a Host werkzeug can't bind) gets
+    an OCI JSON error instead."""
 
     isLeaf = True
 
@@ -105,10 +108,22 @@ class _ApiVersionResource(Resource):
     def render(self, request: IRequest) -> Any:
         """Add the version header, then let Klein route the request."""
         request.setHeader(API_VERSION_HEADER, API_VERSION)
+        problem = host_problem(request)
+        if problem is not None:
+            return _bad_host(request, problem)
         if not _utf8_url(request):
+            path = Verbatim(request.uri.lstrip(b"/")[:300].decode("latin-1"))
             return write_error(request, HttpError("NAME_INVALID", "the path is not UTF-8 once percent-decoded",
-                                                  {"path": request.uri.lstrip(b"/")[:300].decode("latin-1")}).response)
-        return self._wrapped.render(request)
+                                                  {"path": path}).response)
+        try:
+            return self._wrapped.render(request)
+        except BadHost:  # Klein binds werkzeug's map to the host first: nothing is routed or written yet
+            return _bad_host(request, "the Host header is not a valid host name (an empty label, or one too long)")
+
+
+def _bad_host(request: IRequest, problem: str) -> bytes:
+    """A malformed Host header's answer: 400 in OCI JSON."""
+    return write_error(request, HttpError("UNSUPPORTED", problem, {"header": "Host"}, status=400).response)
 
 
 class RegistryApi:
@@ -264,7 +279,7 @@ class RegistryApi:
     async def not_found(self, request: IRequest, failure: Failure) -> bytes | None:
         """No route matched: 405 for writes (this registry takes no pushes), else a JSON 404."""
         raise HttpError("UNSUPPORTED", "no such endpoint",
-                        {"path": request.path.decode("latin-1")[:300]}, status=404)
+                        {"path": Verbatim(request.path.decode("latin-1")[:300])}, status=404)
 
     @app.handle_errors(MethodNotAllowed)
     @_read_only(UNMATCHED_ROUTE)

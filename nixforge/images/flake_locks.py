@@ -18,7 +18,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from nixforge.errors import ForgeError, fresh_copy
+from nixforge.errors import ForgeError
 from nixforge.images.nix_errors import mapped
 from nixforge.images.single_flight import SingleFlight
 from nixforge.images.targets import flake_ref_for, is_immutable
@@ -106,7 +106,7 @@ class FlakeLocks:
             return lock
         failed = self._failed.get(flake_ref)
         if failed is not None and self.clock.seconds() < failed[1]:
-            raise fresh_copy(failed[0])
+            raise failed[0].fresh()
         return await self._flights.run(flake_ref, lambda: ensureDeferred(self._fetch(flake_ref, tag)))
 
     def expire(self) -> None:
@@ -130,7 +130,7 @@ class FlakeLocks:
         except ForgeError as error:
             # An unknown branch or an unreachable flake is not asked of Nix again for a while,
             # however many names are pulled at that tag meanwhile.
-            self._failed[flake_ref] = (fresh_copy(error), self.clock.seconds() + FAILED_LOCK_TTL)
+            self._failed[flake_ref] = (error.fresh(), self.clock.seconds() + FAILED_LOCK_TTL)
             while len(self._failed) > self.capacity:
                 self._failed.popitem(last=False)
             raise

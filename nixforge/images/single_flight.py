@@ -1,4 +1,4 @@
-"""One shared job per key; every caller gets its own Deferred, so cancelling one cancels no other."""
+"""One shared job per key; every caller gets its own Deferred and error: cancelling one cancels no other."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
+
+from nixforge.errors import ForgeError
 
 
 class SingleFlight:
@@ -38,6 +40,14 @@ class SingleFlight:
             if waiter.called:
                 continue
             if isinstance(result, Failure):
-                waiter.errback(result)
+                waiter.errback(_own_failure(result))
             else:
                 waiter.callback(result)
+
+
+def _own_failure(failure: Failure) -> Failure:
+    """The job's failure for one waiter: a registry error is copied afresh for each, so one waiter's
+    raise never lengthens (or swaps) the traceback another waiter's error carries."""
+    if isinstance(failure.value, ForgeError):
+        return Failure(failure.value.fresh())
+    return failure

@@ -56,7 +56,7 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(
             f"end-to-end tests need `{name}` on PATH; install it with scripts/setup.sh "
-            f"(apt-get install nix-bin skopeo podman runc umoci busybox-static containerd apache2-utils openssl)",
+            f"(apt-get install nix-bin skopeo podman runc umoci busybox-static containerd apache2-utils openssl wrk)",
             pytrace=False,
         )
     return path
@@ -144,6 +144,14 @@ def processes_matching(marker: str) -> list[tuple[int, str]]:
         if marker in argv:
             found.append((int(entry.name), argv.strip()))
     return found
+
+
+def vm_rss(pid: int) -> int:
+    """The resident set size of a process in bytes, from `VmRSS` in /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for process {pid}")
 
 
 def sha256_digest(data: bytes) -> str:
@@ -346,6 +354,16 @@ class ForgeProcess:
         if flake_ref is not None:
             self.flake_ref = flake_ref
         return self.start()
+
+    @property
+    def pid(self) -> int:
+        """The process id of the running twistd."""
+        assert self._process is not None, "nixforge is not running"
+        return self._process.pid
+
+    def rss(self) -> int:
+        """The resident set size of twistd, in bytes (`VmRSS` of /proc/<pid>/status)."""
+        return vm_rss(self.pid)
 
     @property
     def registry(self) -> str:
