@@ -7,12 +7,14 @@ import json
 import os
 import re
 import secrets
+import subprocess
 import time
 from pathlib import Path
 
 from e2e_support import (
     FIXTURE_FLAKES,
     OCI_ACCEPT,
+    ForgeFactory,
     ForgeProcess,
     Podman,
     http_request,
@@ -31,21 +33,23 @@ TOO_MANY = re.compile(rf'(GET|HEAD) /v2/{SLOW}/manifests/latest 429 ')
 REPORT = os.environ.get("NIXFORGE_PULL_WAIT_REPORT")
 
 
-def slow_forge(forge_factory, tmp_path: Path, label: str) -> ForgeProcess:
+def slow_forge(forge_factory: ForgeFactory, tmp_path: Path, label: str) -> ForgeProcess:
     """A registry on a flake copy of its own (a fresh nonce: `drip` really builds) with a 2 s pull wait."""
     flake = prepare_flake(FIXTURE_FLAKES / "forge", tmp_path / label / "flake", secrets.token_hex(6))
     return forge_factory(label, flake=f"path:{flake}", extra_args=["--pull-wait", PULL_WAIT])
 
 
-def record(client: str, first: object, again: object) -> None:
-    """Keep what the client printed (for the docs), when NIXFORGE_PULL_WAIT_REPORT names a file."""
+def record(client: str, first: object, again: object, forge: ForgeProcess) -> None:
+    """Keep what the client printed and how often it was told 429 (for the docs), when
+    NIXFORGE_PULL_WAIT_REPORT names a file."""
     if REPORT:
         entries = json.loads(Path(REPORT).read_text()) if Path(REPORT).exists() else {}
-        entries[client] = {"first": first, "again": again}
+        entries[client] = {"first": first, "again": again, "answers_429": len(forge.matching_lines(TOO_MANY))}
         Path(REPORT).write_text(json.dumps(entries, indent=2))
 
 
-def outcome(done) -> dict[str, object]:
+def outcome(done: subprocess.CompletedProcess[str]) -> dict[str, object]:
+    """A client run, as the report keeps it."""
     return {"rc": done.returncode, "stdout": done.stdout[-2000:], "stderr": done.stderr[-2000:]}
 
 
@@ -55,7 +59,7 @@ def assert_one_build(forge: ForgeProcess) -> None:
     assert len(forge.matching_lines(BUILD_STARTED)) == 1, forge.log_tail()
 
 
-def test_a_pull_past_the_wait_is_429_naming_the_build_and_its_log(forge_factory, tmp_path: Path) -> None:
+def test_a_pull_past_the_wait_is_429_naming_the_build_and_its_log(forge_factory: ForgeFactory, tmp_path: Path) -> None:
     forge = slow_forge(forge_factory, tmp_path, "raw")
     started = time.monotonic()
     head = http_request(forge.url(f"/v2/{SLOW}/manifests/latest"), headers={"Accept": OCI_ACCEPT}, method="HEAD")
@@ -79,7 +83,7 @@ def test_a_pull_past_the_wait_is_429_naming_the_build_and_its_log(forge_factory,
     assert_one_build(forge)
 
 
-def test_skopeo_retries_the_429_and_gets_the_image(forge_factory, tmp_path: Path) -> None:
+def test_skopeo_gets_the_429_and_its_retry_gets_the_image(forge_factory: ForgeFactory, tmp_path: Path) -> None:
     skopeo = require_tool("skopeo")
     forge = slow_forge(forge_factory, tmp_path, "skopeo")
     argv = [skopeo, "inspect", "--tls-verify=false", f"docker://{forge.registry}/{SLOW}:latest"]
@@ -88,12 +92,13 @@ def test_skopeo_retries_the_429_and_gets_the_image(forge_factory, tmp_path: Path
     assert forge.matching_lines(TOO_MANY), forge.log_tail()  # it got the retryable answer at least once
     assert_one_build(forge)
     again = run_tool(argv, check=False)
-    record("skopeo inspect", outcome(first), outcome(again))
+    record("skopeo inspect", outcome(first), outcome(again), forge)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["Digest"].startswith("sha256:")
 
 
-def test_podman_gets_the_429_and_its_retry_gets_the_image(forge_factory, tmp_path: Path, podman: Podman) -> None:
+def test_podman_gets_the_429_and_its_retry_gets_the_image(forge_factory: ForgeFactory, tmp_path: Path,
+                                                          podman: Podman) -> None:
     forge = slow_forge(forge_factory, tmp_path, "podman")
     image = f"{forge.registry}/{SLOW}:latest"
     first = run_tool([*podman.base(), "pull", "--tls-verify=false", image], check=False)
@@ -101,11 +106,11 @@ def test_podman_gets_the_429_and_its_retry_gets_the_image(forge_factory, tmp_pat
     assert forge.matching_lines(TOO_MANY), forge.log_tail()
     assert_one_build(forge)
     again = run_tool([*podman.base(), "pull", "--tls-verify=false", image], check=False)
-    record("podman pull", outcome(first), outcome(again))
+    record("podman pull", outcome(first), outcome(again), forge)
     assert again.returncode == 0, again.stderr
 
 
-def test_ctr_gets_the_429_and_its_retry_gets_the_image(forge_factory, tmp_path: Path,
+def test_ctr_gets_the_429_and_its_retry_gets_the_image(forge_factory: ForgeFactory, tmp_path: Path,
                                                        containerd: Containerd) -> None:  # noqa: F811
     forge = slow_forge(forge_factory, tmp_path, "ctr")
     image = f"{forge.registry}/{SLOW}:latest"
@@ -114,6 +119,6 @@ def test_ctr_gets_the_429_and_its_retry_gets_the_image(forge_factory, tmp_path: 
     assert forge.matching_lines(TOO_MANY), forge.log_tail()
     assert_one_build(forge)
     again = containerd.ctr("images", "pull", "--plain-http", image, check=False, timeout=600)
-    record("ctr images pull", outcome(first), outcome(again))
+    record("ctr images pull", outcome(first), outcome(again), forge)
     assert again.returncode == 0, again.stderr
     containerd.ctr("images", "rm", image, check=False)
