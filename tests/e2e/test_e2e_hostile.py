@@ -9,7 +9,9 @@ Range and tag lists have something real to serve (a stored, fresh image runs no 
 
 Every case must get a complete answer (never a bare close), never a 5xx, a JSON OCI error for every
 4xx, the expected error code where the grammar decides it, and no new Nix invocation when the input
-is invalid. Raw sockets, keep-alive while the server keeps the connection.
+is invalid. Raw sockets, keep-alive while the server keeps the connection. The Host header has a
+grammar of its own (a malformed one is a JSON 400, never werkzeug's HTML 500), and thousands of one
+remembered answer must leave the registry's RSS flat.
 """
 
 from __future__ import annotations
