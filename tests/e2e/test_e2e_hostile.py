@@ -9,7 +9,9 @@ Range and tag lists have something real to serve (a stored, fresh image runs no 
 
 Every case must get a complete answer (never a bare close), never a 5xx, a JSON OCI error for every
 4xx, the expected error code where the grammar decides it, and no new Nix invocation when the input
-is invalid. Raw sockets, keep-alive while the server keeps the connection.
+is invalid. Raw sockets, keep-alive while the server keeps the connection. The Host header has a
+grammar of its own (a malformed one is a JSON 400, never werkzeug's HTML 500), and thousands of one
+remembered answer must leave the registry's RSS flat.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote_to_bytes
 
 import pytest
-from e2e_support import ForgeProcess
+from e2e_support import ForgeProcess, vm_rss
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -438,9 +440,80 @@ def test_nul_and_non_ascii(hostile: tuple, wire: Wire, raw: bytes, where: str) -
         wire.close()
 
 
+LABEL = st.text("abcxyz019-", min_size=1, max_size=12)
+HOST_NAME = st.lists(LABEL, min_size=1, max_size=4).map(".".join)
+PORT = st.one_of(st.just(""), st.integers(0, 65535).map(lambda port: f":{port}"))
+# Host values by kind; each kind's expected status (None: either is right, e.g. random text).
+HOSTS = {
+    "name": (st.tuples(HOST_NAME, PORT).map("".join), 200),
+    "ipv4": (st.tuples(st.ip_addresses(v=4).map(str), PORT).map("".join), 200),
+    "ipv6": (st.tuples(st.ip_addresses(v=6).map(lambda a: f"[{a}]"), PORT).map("".join), 200),
+    "empty": (st.just(""), 200),
+    "dot_first": (HOST_NAME.map(lambda name: "." + name), 400),
+    "empty_label": (st.tuples(HOST_NAME, HOST_NAME).map("..".join), 400),
+    "spaces": (st.tuples(HOST_NAME, st.sampled_from([" ", "  ", "\t", " \t"]), HOST_NAME).map("".join), 400),
+    "over_long": (st.integers(64, 3000).map(lambda size: "a" * size), 400),
+    "non_ascii": (st.tuples(HOST_NAME, st.text(st.characters(min_codepoint=0x80, exclude_categories=["Cs"]),
+                                               min_size=1, max_size=5)).map("".join), 400),
+    "bad_ipv6": (st.sampled_from(["[::1", "::1", "[zz::1]", "[::1]x", "[1:2:3:4:5:6:7:8:9]", "[]"]), 400),
+    "text": (st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=40), None),
+}
+
+
+@fuzz(600)
+@given(data=st.data(), kind=st.sampled_from([*HOSTS, "missing", "repeated"]),
+       path=st.sampled_from(["/v2/", "/v2/hello/manifests/latest", "/v2/hello/tags/list", "/"]))
+def test_host_headers(hostile: tuple, wire: Wire, data: st.DataObject, kind: str, path: str) -> None:
+    """Any Host header (missing, repeated, empty, spaced, dot first, over-long, non-ASCII, an IPv6 literal):
+    never a 5xx, JSON under /v2/, a 400 for a malformed one, the page for a valid one, and never Nix."""
+    _, log, _ = hostile
+    if kind == "missing":
+        hosts, expected = [], 400
+    elif kind == "repeated":
+        hosts, expected = [data.draw(HOST_NAME), data.draw(HOST_NAME)], 400
+    else:
+        strategy, expected = HOSTS[kind]
+        hosts = [data.draw(strategy)]
+    lines = [f"GET {path} HTTP/1.1".encode()] + [b"Host: " + host.encode("utf-8") for host in hosts]
+    answer = ask(wire, log, "hosts", b"\r\n".join(lines) + b"\r\n\r\n", invalid=True)
+    if path.startswith("/v2/"):
+        assert answer.headers.get("content-type", "").endswith("json"), (hosts, answer.status, answer.body[:200])
+    if expected is not None and path != "/":
+        assert answer.status == expected, (kind, hosts, answer.status, answer.body[:200])
+    if expected == 400:
+        assert (answer.status, answer.error_code()) == (400, "UNSUPPORTED"), (kind, hosts)
+
+
+MIB = 1024 * 1024
+
+
+def test_a_remembered_answer_repeated_keeps_rss_flat(hostile: tuple, wire: Wire) -> None:
+    """Thousands of one remembered NAME_UNKNOWN (a made-up name, answered from memory, no Nix run)
+    leave RSS flat: each answer is a fresh error, no traceback grows (it grew ~14 KiB a request)."""
+    forge, log, _ = hostile
+    request = get("/v2/zz-made-up/manifests/latest")
+    first = ask(wire, log, "repetition", request, invalid=False)
+    assert (first.status, first.error_code()) == (404, "NAME_UNKNOWN")
+    calls = nix_calls(log)
+
+    def burst(count: int) -> None:
+        for _ in range(count):
+            answer = wire.exchange(request)
+            assert (answer.status, answer.body) == (first.status, first.body)
+        CASES["repetition"] += count
+        STATUSES[404] += count
+
+    burst(300)  # allocator and buffers settle
+    before = vm_rss(forge.pid)
+    burst(3000)
+    grown = vm_rss(forge.pid) - before
+    assert nix_calls(log) == calls, "a remembered answer must run no Nix"
+    assert grown < 10 * MIB, f"RSS grew {grown / MIB:.1f} MiB over 3,000 remembered answers"
+
+
 def test_every_case_was_answered_and_at_least_10000_ran(hostile: tuple) -> None:
     """The totals, after the property tests above (so run the whole module): at least 10,000 cases, no 5xx."""
-    assert len(CASES) == 11, f"run the whole module: only {sorted(CASES)} ran"
+    assert len(CASES) == 13, f"run the whole module: only {sorted(CASES)} ran"
     total = sum(CASES.values())
     print(f"\nhostile cases: {total} {dict(CASES)}; statuses {dict(sorted(STATUSES.items()))}")
     assert total >= 10_000
