@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -37,7 +36,7 @@ async def for_system(system: str | None, step: Awaitable[T]) -> T:
         if system is None:
             raise
         detail = error.detail if isinstance(error.detail, dict) else {"detail": error.detail}
-        named = copy.copy(error)
+        named = error.fresh()
         named.message = f"{error.message} (system {system})"
         named.detail = {**detail, "system": system}
         named.args = (named.message,)
