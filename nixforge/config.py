@@ -86,6 +86,20 @@ def _htpasswd(text: str) -> str:
     return os.path.abspath(text) if text else ""
 
 
+def _cache_key_file(text: str) -> str:
+    if not text:
+        return ""
+    from nixforge.nix.signing import CacheKey, KeyInvalid
+
+    try:
+        CacheKey.load(text)
+    except OSError as error:
+        raise ValueError(f"cannot read it: {error.strerror or error}") from None
+    except KeyInvalid as error:
+        raise ValueError(str(error)) from None
+    return os.path.abspath(text)
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in LOG_LEVELS:
@@ -288,6 +302,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("systems", "NIXFORGE_SYSTEMS", "systems", "", parse_systems,
             "Comma-separated Nix systems each tag is built for (an image index when not just the host's); "
             "empty: the host's system alone."),
+    Setting("cache_key_file", "NIXFORGE_CACHE_KEY_FILE", "cache-key-file", "", _cache_key_file,
+            "Secret key (nix-store --generate-binary-cache-key) signing the Nix binary cache at /nix-cache/ "
+            "of the served closures; empty: no cache."),
 )
 
 
@@ -334,6 +351,7 @@ class ForgeConfig:
     failure_ttl: float = 60.0
     refresh_from: tuple[str, ...] = ("loopback",)
     systems: tuple[str, ...] = ()
+    cache_key_file: str = ""
 
     @classmethod
     def from_sources(

@@ -28,6 +28,7 @@ from nixforge.api.builds import BuildBook
 from nixforge.api.edge import EdgeSite
 from nixforge.api.htpasswd import HtpasswdFile
 from nixforge.api.metrics import BuildMetrics, RegistryMetrics
+from nixforge.api.nix_cache import NixCacheApi
 from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.api.refresh import body_limit as refresh_body_limit
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
@@ -35,12 +36,16 @@ from nixforge.images.build_events import BuildObservers
 from nixforge.images.builder import ImageBuilder
 from nixforge.images.catalog import FlakeCatalog
 from nixforge.images.image_script import ScriptRunner
+from nixforge.images.nix_cache import NixCache
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.script_user import ScriptUser
+from nixforge.images.served_closures import ServedClosures
 from nixforge.images.service import ImageService
+from nixforge.images.snapshotter_images import SnapshotterImages
 from nixforge.images.systems import SystemsBuilder, host_platform, host_system
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
+from nixforge.nix.signing import CacheKey
 from nixforge.oci.layer_cache import LayerCache
 from nixforge.readiness import ReadinessCheck, ReadinessService
 from nixforge.refresh_access import RefreshAccess
@@ -48,6 +53,7 @@ from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.gc import GarbageCollector
 from nixforge.store.gc_service import GcScheduler, GcTimerService
 from nixforge.store.locked_revisions import FilesystemLockedRevisions
+from nixforge.store.narinfo_records import FilesystemNarRecords
 from nixforge.store.pull_times import PullTimes
 from nixforge.store.tag_index import FilesystemTagIndex
 
@@ -247,7 +253,10 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     builds = BuildBook(keep=config.builds_kept, max_log_bytes=config.build_log_size)
     metrics = RegistryMetrics(images, gc) if config.metrics else None
     images.observer = BuildObservers((builds, BuildMetrics(metrics))) if metrics is not None else builds
-    api = RegistryApi(images, reactor, readiness=lambda: readiness.current, builds=builds, metrics=metrics,
+    served = ServedClosures(index, store, policy, run_in_thread)
+    nix_cache = _nix_cache(config, served, nix, store, run_in_thread, reactor)
+    api = RegistryApi(SnapshotterImages(images, served, store, run_in_thread), reactor, nix_cache=nix_cache,
+                      readiness=lambda: readiness.current, builds=builds, metrics=metrics,
                       max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
                       refresh_access=_refresh_access(config))
@@ -267,6 +276,18 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
              commit_tags=config.commit_tags,
              script_user=scripts.user.name if scripts.user is not None else "nixforge's own user")
     return root
+
+
+def _nix_cache(config: ForgeConfig, served: ServedClosures, nix: NixClient, store: FilesystemBlobStore,
+               run_in_thread: Any, reactor: Any) -> NixCacheApi | None:
+    """The binary cache of the served closures at /nix-cache/, when NIXFORGE_CACHE_KEY_FILE names a key."""
+    if not config.cache_key_file:
+        return None
+    key = CacheKey.load(config.cache_key_file)
+    cache = NixCache(served, nix, store, FilesystemNarRecords(config.data_dir), key, run_in_thread, reactor)
+    log.info("serving a Nix binary cache of the served closures at /nix-cache/, public key {public}",
+             public=key.public())
+    return NixCacheApi(cache, reactor, lambda call: reactor.callLater(0, call))
 
 
 def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, reactor: Any) -> IResource:
