@@ -117,6 +117,9 @@ class NarDump:
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self.stderr = LineSplitter(self.tail.append)
         self.result: Deferred[NarFile] = Deferred(canceller=lambda _: self._cancel())
+        self.exited: Deferred[Exception] = Deferred()  # fires with how Nix ended (ProcessDone, ...)
+        self.pauses = 0
+        self.discarded: Deferred[None] = Deferred()  # fires once a failed or cancelled blob is discarded
 
     def received(self, data: bytes) -> None:
         """Nix wrote NAR bytes: queue them, pause Nix when too much waits."""
@@ -126,12 +129,14 @@ class NarDump:
         self._waiting += len(data)
         if self._waiting >= self._high_water and not self._paused and self.transport is not None:
             self._paused = True
+            self.pauses += 1
             self.transport.pauseProducing()
         self._pump()
 
     def process_ended(self, reason: Failure) -> None:
         """Nix exited: finish once the thread has written everything."""
         self._ended = reason
+        self.exited.callback(reason.value)
         self._pump()
 
     def _pump(self) -> None:
@@ -194,21 +199,30 @@ class NarDump:
                 pass
 
     def _discard(self) -> None:
-        self._run_in_thread(self._compressor.writer.abort)
+        if not self.discarded.called:
+            self._run_in_thread(self._compressor.writer.abort).addBoth(
+                lambda _: self.discarded.called or self.discarded.callback(None))
 
 
 def dump_nar(reactor: Any, nix: NixClient, path: str, writer: IBlobWriter,
              run_in_thread: Callable[..., Deferred[Any]], expected: bytes | None = None,
              preset: int = XZ_PRESET) -> Deferred[NarFile]:
-    """Start dumping `path` into `writer`; the Deferred fires with the stored NarFile.
+    """Dump `path` into `writer`; the Deferred fires with the stored NarFile (cancel it to stop Nix).
 
     `expected` is the NAR's SHA-256 as Nix registered it: a NAR that differs is not stored.
     """
-    dump = NarDump(path, writer, run_in_thread, expected, preset)
+    return start_dump(reactor, nix, path, writer, run_in_thread, expected, preset).result
+
+
+def start_dump(reactor: Any, nix: NixClient, path: str, writer: IBlobWriter,
+               run_in_thread: Callable[..., Deferred[Any]], expected: bytes | None = None,
+               preset: int = XZ_PRESET, high_water: int = HIGH_WATER) -> NarDump:
+    """Start dumping `path` into `writer`; return the running NarDump (its `result`, `exited`)."""
+    dump = NarDump(path, writer, run_in_thread, expected, preset, high_water)
     argv = dump_path_argv(nix.nix_binary, path, nix.settings)
     try:
         dump.transport = reactor.spawnProcess(_DumpProtocol(dump), argv[0], argv, env={**os.environ, **nix.env})
     except OSError as error:
         writer.abort()
         dump.result.errback(NixError(f"cannot start {argv[0]}: {error}"))
-    return dump.result
+    return dump
