@@ -14,7 +14,7 @@ import hashlib
 import lzma
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
@@ -26,7 +26,6 @@ from twisted.python.failure import Failure
 from nixforge.nix.client import NixClient, NixError
 from nixforge.nix.commands import dump_path_argv
 from nixforge.nix.process import LineSplitter
-from nixforge.store.interfaces import IBlobWriter
 
 log = Logger()
 HIGH_WATER = 4 << 20
@@ -34,6 +33,16 @@ HIGH_WATER = 4 << 20
 # (bench/nar_cache.py) for a few percent larger files.
 XZ_PRESET = 1
 TAIL_LINES = 20
+
+
+class IBlobWriter(Protocol):
+    """What a dump writes into: the shape of nixforge.store.interfaces.IBlobWriter (nix/ imports no store/)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def commit(self, expected_digest: str | None = None) -> tuple[str, int]: ...
+
+    def abort(self) -> None: ...
 
 
 @frozen
