@@ -23,7 +23,7 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from nixforge.nix.client import NixClient, NixError
+from nixforge.nix.client import NixClient, NixError, NixTimeout
 from nixforge.nix.commands import dump_path_argv
 from nixforge.nix.process import LineSplitter
 
@@ -200,6 +200,17 @@ class NarDump:
         if not self._busy:
             self._discard()
 
+    def time_out(self, seconds: float) -> None:
+        """The dump ran `seconds` without ending: kill Nix, discard the blob, fail with NixTimeout."""
+        if self._done:
+            return
+        self._done = True
+        self._kill()
+        if not self._busy:
+            self._discard()
+        self._fire(Failure(NixTimeout(f"nix store dump-path {self.path} killed after {seconds:g} s", seconds,
+                                      log_tail=list(self.tail))))
+
     def _kill(self) -> None:
         if self._ended is None and self.transport is not None:
             try:
@@ -218,9 +229,14 @@ def dump_nar(reactor: Any, nix: NixClient, path: str, writer: IBlobWriter,
              preset: int = XZ_PRESET) -> Deferred[NarFile]:
     """Dump `path` into `writer`; the Deferred fires with the stored NarFile (cancel it to stop Nix).
 
+    Nix gets the client's timeout (NixTimeout after it).
+
     `expected` is the NAR's SHA-256 as Nix registered it: a NAR that differs is not stored.
     """
-    return start_dump(reactor, nix, path, writer, run_in_thread, expected, preset).result
+    dump = start_dump(reactor, nix, path, writer, run_in_thread, expected, preset)
+    timer = reactor.callLater(nix.timeout, dump.time_out, nix.timeout)
+    dump.result.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+    return dump.result
 
 
 def start_dump(reactor: Any, nix: NixClient, path: str, writer: IBlobWriter,

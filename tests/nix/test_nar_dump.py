@@ -15,7 +15,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.threads import deferToThread
 from zope.interface import implementer
 
-from nixforge.nix.client import NixClient, NixError
+from nixforge.nix.client import NixClient, NixError, NixTimeout
 from nixforge.nix.nar_dump import NarHashMismatch, start_dump
 from nixforge.store.interfaces import IBlobWriter
 from nixforge.store.memory import MemoryBlobStore
@@ -133,3 +133,18 @@ def test_a_path_nix_cannot_dump_fails(reactor: Any, client: NixClient) -> Any:
         yield dump.result
     yield dump.discarded
     assert writer.aborted
+
+
+@pytest_twisted.inlineCallbacks
+def test_a_dump_past_its_timeout_is_killed(reactor: Any, client: NixClient, big_path: str) -> Any:
+    store = MemoryBlobStore()
+    writer = RecordingWriter(store)
+    dump = start_dump(reactor, client, big_path, writer, deferToThread)
+    yield writer.first_write
+    dump.time_out(5)
+    with pytest.raises(NixTimeout) as caught:
+        yield dump.result
+    assert "after 5 s" in caught.value.message
+    assert (yield dump.exited).signal == 9
+    yield dump.discarded
+    assert writer.aborted and not store._blobs
