@@ -255,7 +255,11 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     images.observer = BuildObservers((builds, BuildMetrics(metrics))) if metrics is not None else builds
     served = ServedClosures(index, store, policy, run_in_thread)
     nix_cache = _nix_cache(config, served, nix, store, run_in_thread, reactor)
-    api = RegistryApi(SnapshotterImages(images, served, store, run_in_thread), reactor, nix_cache=nix_cache,
+    snapshotter = SnapshotterImages(images, served, store, run_in_thread)
+    collector.keep_also = lambda: [*snapshotter.live_blobs(), *(nix_cache.live_blobs() if nix_cache else ())]
+    api = RegistryApi(snapshotter, reactor,
+                      nix_cache=None if nix_cache is None else NixCacheApi(nix_cache, reactor,
+                                                                           lambda call: reactor.callLater(0, call)),
                       readiness=lambda: readiness.current, builds=builds, metrics=metrics,
                       max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
@@ -279,7 +283,7 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
 
 
 def _nix_cache(config: ForgeConfig, served: ServedClosures, nix: NixClient, store: FilesystemBlobStore,
-               run_in_thread: Any, reactor: Any) -> NixCacheApi | None:
+               run_in_thread: Any, reactor: Any) -> NixCache | None:
     """The binary cache of the served closures at /nix-cache/, when NIXFORGE_CACHE_KEY_FILE names a key."""
     if not config.cache_key_file:
         return None
@@ -287,7 +291,7 @@ def _nix_cache(config: ForgeConfig, served: ServedClosures, nix: NixClient, stor
     cache = NixCache(served, nix, store, FilesystemNarRecords(config.data_dir), key, run_in_thread, reactor)
     log.info("serving a Nix binary cache of the served closures at /nix-cache/, public key {public}",
              public=key.public())
-    return NixCacheApi(cache, reactor, lambda call: reactor.callLater(0, call))
+    return cache
 
 
 def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, reactor: Any) -> IResource:

@@ -112,6 +112,11 @@ class NixCache:
             raise BlobUnknown("the NAR was collected; ask for its narinfo again", {"file": file_name[:100]})
         return BlobFile(digest=digest, size=size, opener=lambda: self.store.open(digest))
 
+    def live_blobs(self) -> list[str]:
+        """The NAR blobs of the paths served now: GC keeps them (thread-safe: reads snapshots)."""
+        return [record.file_digest for hash_part, record in self.records.items()
+                if self.served.path_of_hash(hash_part) == record.store_path]
+
     def _shared(self, hash_part: str, path: str) -> Deferred[NarRecord]:
         """One making per path whatever the number of requests; it stops when every request has gone."""
         shared = self._making.get(hash_part)

@@ -68,6 +68,14 @@ class SnapshotterImages:
         self._documents[document.digest] = (name, document)
         return ImageManifests(document, document)
 
+    def live_blobs(self) -> list[str]:
+        """The manifests, configs and layers of the nix/ images made so far: GC keeps them (any thread)."""
+        digests = []
+        for document in list(self._made.values()):
+            body = json.loads(document.body)
+            digests += [document.digest, body["config"]["digest"], *(layer["digest"] for layer in body["layers"])]
+        return digests
+
     def _complete(self, document: ManifestDocument) -> bool:
         body = json.loads(document.body)
         digests = [body["config"]["digest"], *(layer["digest"] for layer in body["layers"])]

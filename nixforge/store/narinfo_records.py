@@ -58,6 +58,11 @@ class FilesystemNarRecords:
         """The record of a store path hash, from memory."""
         return self._records.get(hash_part)
 
+    def items(self) -> list[tuple[str, NarRecord]]:
+        """Every (store path hash, record), a snapshot (any thread)."""
+        with self._lock:
+            return list(self._records.items())
+
     def hash_of_file(self, file_digest: str) -> str | None:
         """The store path hash whose NAR is the blob `file_digest`, from memory."""
         return self._by_file.get(file_digest)

@@ -145,9 +145,11 @@ def test_a_stored_nar_is_answered_without_nix(store: MemoryBlobStore, index: Mem
     assert fields["FileSize"] == str(size) and fields["NarSize"] == str(len(nar))
     blob = outcome(Deferred.fromCoroutine(nix_cache.nar(nar_file_name(bytes.fromhex(digest[7:])))))
     assert blob.size == size and blob.open().read() == store.read(digest)
+    assert nix_cache.live_blobs() == [digest]  # GC keeps it
 
     # Once `web` is refused, the same NAR is 404.
     refused = cache(store, index, FilesystemNarRecords(str(tmp_path)), signing, packages=("tool",))
+    assert refused.live_blobs() == []  # GC may take it
     for coroutine in (refused.narinfo("a" * 32), refused.nar(nar_file_name(bytes.fromhex(digest[7:])))):
         with pytest.raises(BlobUnknown) as caught:
             outcome(Deferred.fromCoroutine(coroutine))

@@ -106,6 +106,7 @@ def test_nix_names_are_made_from_the_ordinary_image(setup: Any) -> None:
     assert outcome(images.manifest_by_digest("nix/web", made.oci.digest)) == made.oci
     assert outcome(images.blob("nix/web", manifest["layers"][0]["digest"])).size > 0
     assert outcome(images.referrers("nix/web", made.oci.digest)) == []
+    assert set(images.live_blobs()) == {made.oci.digest, manifest["config"]["digest"], manifest["layers"][0]["digest"]}
     # Made once: the second resolve is answered from memory, with the same bytes.
     assert outcome(images.resolve_tag("nix/web", "latest")).oci == made.oci
 
