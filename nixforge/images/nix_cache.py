@@ -113,9 +113,13 @@ class NixCache:
         return BlobFile(digest=digest, size=size, opener=lambda: self.store.open(digest))
 
     def live_blobs(self) -> list[str]:
-        """The NAR blobs of the paths served now: GC keeps them (thread-safe: reads snapshots)."""
+        """The NAR blobs of the paths served now: GC keeps them (thread-safe: reads snapshots).
+
+        Until the served closures were first read (just after a start), every recorded NAR.
+        """
+        loaded = self.served.loaded
         return [record.file_digest for hash_part, record in self.records.items()
-                if self.served.path_of_hash(hash_part) == record.store_path]
+                if not loaded or self.served.path_of_hash(hash_part) == record.store_path]
 
     def _shared(self, hash_part: str, path: str) -> Deferred[NarRecord]:
         """One making per path whatever the number of requests; it stops when every request has gone."""

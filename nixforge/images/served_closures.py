@@ -33,6 +33,7 @@ class ServedClosures:
     _by_subject: dict[str, ImageClosure] = field(factory=dict, init=False)
     _hashes: dict[str, str] = field(factory=dict, init=False)
     _keys: frozenset[tuple[str, str, str]] = field(factory=frozenset, init=False)
+    loaded: bool = field(default=False, init=False)  # True once `refresh` has read the index
 
     def _records(self) -> list[TagRecord]:
         records = []
@@ -50,6 +51,7 @@ class ServedClosures:
         records = self._records()
         keys = frozenset((record.name, record.tag, record.oci_digest) for record in records)
         if keys == self._keys:
+            self.loaded = True
             return
         for record in records:
             key = (record.name, record.tag, record.oci_digest)
@@ -68,6 +70,7 @@ class ServedClosures:
         self._by_subject = by_subject
         self._hashes = {path.removeprefix(STORE_PREFIX)[:32]: path for path in self._paths}
         self._keys = keys
+        self.loaded = True
 
     def names_serving(self, store_path: str) -> frozenset[str]:
         """The repositories whose images need `store_path` (empty: not served), from memory."""

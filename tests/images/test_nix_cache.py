@@ -133,6 +133,18 @@ def test_without_a_key_everything_says_why(store: MemoryBlobStore, index: Memory
         assert caught.value.message == NO_KEY
 
 
+def test_gc_keeps_every_recorded_nar_until_the_closures_were_read(store: MemoryBlobStore, index: MemoryTagIndex,
+                                                                  tmp_path: Any) -> None:
+    records = FilesystemNarRecords(str(tmp_path))
+    records.put("d" * 32, NarRecord("/nix/store/" + "d" * 32 + "-gone", "sha256:" + "1" * 64, 1, "0" * 64, 1, ()))
+    closures = ServedClosures(index, store, AccessPolicy("path:/f", MemoryLockedRevisions()), now)
+    nix_cache = NixCache(closures, NixClient(Clock(), nix_binary="/nonexistent/nix"), store, records, key(), now,
+                         Clock())
+    assert nix_cache.live_blobs() == ["sha256:" + "1" * 64]
+    outcome(Deferred.fromCoroutine(closures.refresh()))
+    assert nix_cache.live_blobs() == []
+
+
 def test_a_stored_nar_is_answered_without_nix(store: MemoryBlobStore, index: MemoryTagIndex, tmp_path: Any) -> None:
     nar = b"nar bytes"
     digest, size = store.put(lzma.compress(nar))
