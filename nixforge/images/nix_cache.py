@@ -23,7 +23,7 @@ from nixforge.nix.nar_dump import dump_nar
 from nixforge.nix.narinfo import CACHE_INFO, NarInfo, file_sha256, sha256_bytes
 from nixforge.nix.signing import CacheKey
 from nixforge.store.interfaces import IBlobStore
-from nixforge.store.narinfo_records import FilesystemNarRecords, NarRecord
+from nixforge.store.narinfo_records import INarRecords, NarRecord
 
 log = Logger()
 NO_KEY = "no binary cache here: NIXFORGE_CACHE_KEY_FILE is not set (see docs/nix-hosts.md)"
@@ -45,7 +45,7 @@ class NixCache:
     served: ServedClosures
     nix: NixClient
     store: IBlobStore
-    records: FilesystemNarRecords
+    records: INarRecords
     key: CacheKey | None
     run_in_thread: Callable[..., Deferred[Any]]
     reactor: Any

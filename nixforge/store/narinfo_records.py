@@ -8,6 +8,7 @@ import re
 import threading
 
 from attrs import asdict, frozen
+from zope.interface import Interface, implementer
 
 from nixforge.store.durable import replace_file
 
@@ -28,6 +29,27 @@ class NarRecord:
     deriver: str | None = None
 
 
+class INarRecords(Interface):
+    """Per store path hash, the record of its stored NAR; `get`, `items` and `hash_of_file` answer from memory.
+
+    Another backend (issue 13's bucket) keeps them beside the NAR blobs, so that any replica
+    answers for a NAR any replica made: a miss in memory may then look in the bucket.
+    """
+
+    def get(hash_part: str) -> NarRecord | None:
+        """The record of a store path hash."""
+
+    def items() -> list[tuple[str, NarRecord]]:
+        """Every (store path hash, record): a snapshot, safe from any thread."""
+
+    def hash_of_file(file_digest: str) -> str | None:
+        """The store path hash whose NAR is the blob `file_digest`."""
+
+    def put(hash_part: str, record: NarRecord) -> None:
+        """Durably write the record, then remember it. Blocks: run it in a worker thread."""
+
+
+@implementer(INarRecords)
 class FilesystemNarRecords:
     """`<data dir>/nix-cache/<hash>.json`, all read at start-up; `get` answers from memory."""
 

@@ -66,6 +66,9 @@ def test_nix_copies_a_served_closure_and_checks_the_signatures(
     assert fields["StorePath"] == str(root)
     assert fields["Compression"] == "xz" and fields["URL"].startswith("nar/") and fields["URL"].endswith(".nar.xz")
     assert fields["Sig"].startswith("forge-1:")
+    assert fields["Deriver"].endswith("-tool-a.drv") and "/" not in fields["Deriver"]
+    assert set(fields) == {"StorePath", "URL", "Compression", "FileHash", "FileSize", "NarHash", "NarSize",
+                           "References", "Deriver", "Sig"}
     assert fields["NarHash"].startswith("sha256:") and len(fields["NarHash"]) == 7 + 52
     nar = forge.get("/nix-cache/" + fields["URL"])
     assert nar.status == 200 and len(nar.body) == int(fields["FileSize"])

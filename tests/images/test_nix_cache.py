@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
+from zope.interface.verify import verifyObject
 
 from nixforge.errors import BlobUnknown
 from nixforge.images.nix_cache import NO_KEY, NOT_SERVED, NixCache
@@ -29,7 +30,7 @@ from nixforge.oci.sbom import PackageFacts
 from nixforge.store.interfaces import TagRecord
 from nixforge.store.locked_revisions import MemoryLockedRevisions
 from nixforge.store.memory import MemoryBlobStore
-from nixforge.store.narinfo_records import FilesystemNarRecords, NarRecord
+from nixforge.store.narinfo_records import FilesystemNarRecords, INarRecords, NarRecord
 from nixforge.store.tag_index import MemoryTagIndex
 
 TOP = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-top"
@@ -176,3 +177,15 @@ def test_unserved_and_unknown_files_are_404(store: MemoryBlobStore, index: Memor
     for name in ("x.nar.xz", nar_file_name(b"\1" * 32)):
         with pytest.raises(BlobUnknown):
             outcome(Deferred.fromCoroutine(nix_cache.nar(name)))
+
+
+def test_the_filesystem_records_keep_their_contract(tmp_path: Any) -> None:
+    records = FilesystemNarRecords(str(tmp_path))
+    assert verifyObject(INarRecords, records)
+    record = NarRecord(TOP, "sha256:" + "2" * 64, 5, "3" * 64, 9, (LIB,), "/nix/store/" + "e" * 32 + "-x.drv")
+    records.put("a" * 32, record)
+    with pytest.raises(ValueError):
+        records.put("not-a-hash", record)
+    again = FilesystemNarRecords(str(tmp_path))
+    assert again.get("a" * 32) == record and again.hash_of_file(record.file_digest) == "a" * 32
+    assert again.items() == [("a" * 32, record)]
