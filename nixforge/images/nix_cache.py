@@ -20,8 +20,9 @@ from nixforge.images.interfaces import BlobFile
 from nixforge.images.served_closures import ServedClosures
 from nixforge.nix.client import NixClient, NixError
 from nixforge.nix.nar_dump import dump_nar
-from nixforge.nix.narinfo import CACHE_INFO, NarInfo, file_sha256, sha256_bytes
+from nixforge.nix.narinfo import CACHE_INFO, NarInfo, file_sha256
 from nixforge.nix.signing import CacheKey
+from nixforge.oci.nar_hash import nar_hash_hex
 from nixforge.store.interfaces import IBlobStore
 from nixforge.store.narinfo_records import INarRecords, NarRecord
 
@@ -156,7 +157,7 @@ class NixCache:
             started = self.reactor.seconds()
             try:
                 nar = await dump_nar(self.reactor, self.nix, path, self.store.writer(), self.run_in_thread,
-                                     expected=sha256_bytes(info.nar_hash))
+                                     expected=bytes.fromhex(nar_hash_hex(info.nar_hash)))
             except NixError as error:
                 raise BuildFailed("cannot dump the NAR", {"error": error.message, "log": error.log_tail}) from error
             record = NarRecord(path, nar.digest, nar.size, nar.nar_sha256.hex(), nar.nar_size,

@@ -1,17 +1,13 @@
-"""Nix binary cache documents: nixbase32, NAR hashes, the narinfo text and its signed fingerprint."""
+"""Nix binary cache documents: nixbase32, the narinfo text and its signed fingerprint."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 
 from attrs import frozen
 
 # Nix's own base32 alphabet (no e, o, t, u); the last character holds the lowest bits.
 _ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
-_SHA256_BYTES = 32
-_SHA256_BASE32 = 52  # ceil(256 / 5)
 _HEX = re.compile(r"[0-9a-f]{64}")
 STORE_DIR = "/nix/store"
 CACHE_INFO = f"StoreDir: {STORE_DIR}\nWantMassQuery: 1\nPriority: 40\n"
@@ -26,37 +22,6 @@ def to_base32(raw: bytes) -> str:
     return "".join(_ALPHABET[(value >> (5 * position)) & 31] for position in reversed(range(length)))
 
 
-def from_base32(text: str, size: int = _SHA256_BYTES) -> bytes:
-    """Decode Nix's base32 of `size` bytes; ValueError when `text` is not one."""
-    if len(text) != (size * 8 + 4) // 5:
-        raise ValueError(f"not a base32 hash of {size} bytes: {text!r}")
-    value = 0
-    for position, char in enumerate(reversed(text)):
-        digit = _ALPHABET.find(char)
-        if digit < 0:
-            raise ValueError(f"not a Nix base32 character: {char!r}")
-        value |= digit << (5 * position)
-    if value >> (8 * size):
-        raise ValueError("base32 hash has bits beyond its size")
-    return value.to_bytes(size, "little")
-
-
-def sha256_bytes(nar_hash: str) -> bytes:
-    """The 32 bytes of a SHA-256 as Nix prints it: `sha256:<base32|hex>` or SRI `sha256-<base64>`."""
-    if nar_hash.startswith("sha256-"):
-        try:
-            raw = base64.b64decode(nar_hash[len("sha256-"):], validate=True)
-        except binascii.Error as error:
-            raise ValueError(f"bad base64 in {nar_hash!r}") from error
-        if len(raw) != _SHA256_BYTES:
-            raise ValueError(f"not a sha256: {nar_hash!r}")
-        return raw
-    if nar_hash.startswith("sha256:"):
-        digits = nar_hash[len("sha256:"):]
-        return bytes.fromhex(digits) if _HEX.fullmatch(digits) else from_base32(digits)
-    raise ValueError(f"not a sha256 hash: {nar_hash!r}")
-
-
 def nix_hash(raw: bytes) -> str:
     """`sha256:<base32>`, the form narinfo files use."""
     return "sha256:" + to_base32(raw)
@@ -68,15 +33,19 @@ def hash_part(store_path: str) -> str:
 
 
 def nar_file_name(file_sha256: bytes) -> str:
-    """The NAR's file name under `nar/`: its compressed file's hash in base32, then `.nar.xz`."""
-    return to_base32(file_sha256) + NAR_SUFFIX
+    """The NAR's file name under `nar/`: its compressed file's SHA-256 in hex (its blob digest), `.nar.xz`.
+
+    Nix reads the name from the narinfo's URL and checks the file against FileHash, whatever the name.
+    """
+    return file_sha256.hex() + NAR_SUFFIX
 
 
 def file_sha256(file_name: str) -> bytes:
     """The inverse of `nar_file_name`; ValueError for any other name."""
-    if not file_name.endswith(NAR_SUFFIX):
+    digits = file_name.removesuffix(NAR_SUFFIX)
+    if digits == file_name or not _HEX.fullmatch(digits):
         raise ValueError(f"not a NAR file name: {file_name!r}")
-    return from_base32(file_name[: -len(NAR_SUFFIX)])
+    return bytes.fromhex(digits)
 
 
 @frozen

@@ -37,14 +37,10 @@ from nixforge.store.locked_revisions import MemoryLockedRevisions
 from nixforge.store.narinfo_records import FilesystemNarRecords
 from nixforge.store.tag_index import MemoryTagIndex
 from tests.e2e.e2e_support import processes_matching
+from tests.nix.test_nar_dump import add_to_store
 
 from .fake_images import FakeImageService
 from .recording_site import RecordingSite
-
-
-def add_to_store(path: Path) -> str:
-    return subprocess.run(["nix-store", "--add", str(path)], check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 @pytest.fixture

@@ -10,16 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from nixforge.nix.narinfo import (
-    NarInfo,
-    file_sha256,
-    from_base32,
-    nar_file_name,
-    nix_hash,
-    parse_narinfo,
-    sha256_bytes,
-    to_base32,
-)
+from nixforge.nix.narinfo import NarInfo, file_sha256, nar_file_name, nix_hash, parse_narinfo, to_base32
 from nixforge.nix.signing import CacheKey, KeyInvalid
 
 X_SHA256 = hashlib.sha256(b"x").digest()
@@ -30,7 +21,6 @@ B = "/nix/store/bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb-b"
 
 def test_base32_is_nix_hashs() -> None:
     assert to_base32(X_SHA256) == X_BASE32
-    assert from_base32(X_BASE32) == X_SHA256
 
 
 def test_base32_agrees_with_nix_hash(tmp_path: Path) -> None:
@@ -41,23 +31,12 @@ def test_base32_agrees_with_nix_hash(tmp_path: Path) -> None:
     assert to_base32(hashlib.sha256(data.read_bytes()).digest()) == printed
 
 
-@pytest.mark.parametrize("text", ["sha256:" + X_BASE32, "sha256:" + X_SHA256.hex(),
-                                  "sha256-" + base64.b64encode(X_SHA256).decode()])
-def test_every_form_of_a_nar_hash(text: str) -> None:
-    assert sha256_bytes(text) == X_SHA256
-
-
-@pytest.mark.parametrize("text", ["md5:abc", "sha256:zz", "sha256-AAAA", "sha256:" + "e" * 52])
-def test_bad_hashes(text: str) -> None:
-    with pytest.raises(ValueError):
-        sha256_bytes(text)
-
-
 def test_nar_file_names_round_trip() -> None:
-    assert nar_file_name(X_SHA256) == X_BASE32 + ".nar.xz"
+    assert nar_file_name(X_SHA256) == X_SHA256.hex() + ".nar.xz"
     assert file_sha256(nar_file_name(X_SHA256)) == X_SHA256
-    with pytest.raises(ValueError):
-        file_sha256(X_BASE32 + ".nar.bz2")
+    for bad in (X_SHA256.hex() + ".nar.bz2", X_BASE32 + ".nar.xz", "../x.nar.xz", ".nar.xz"):
+        with pytest.raises(ValueError):
+            file_sha256(bad)
 
 
 def test_narinfo_fields_and_signature(tmp_path: Path) -> None:
@@ -74,7 +53,7 @@ def test_narinfo_fields_and_signature(tmp_path: Path) -> None:
     fields = parse_narinfo(text)
     assert fields["References"] == f"{A[11:]} {B[11:]}"
     assert fields["Deriver"] == "dddddddddddddddddddddddddddddddd-a.drv"
-    assert fields["FileHash"] == nix_hash(X_SHA256) and fields["URL"] == f"nar/{X_BASE32}.nar.xz"
+    assert fields["FileHash"] == nix_hash(X_SHA256) and fields["URL"] == f"nar/{X_SHA256.hex()}.nar.xz"
     name, signature = fields["Sig"].split(":", 1)
     public = Ed25519PublicKey.from_public_bytes(base64.b64decode(key.public().split(":", 1)[1]))
     assert name == "test-1"
