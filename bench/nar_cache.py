@@ -10,7 +10,7 @@ text. A real `twistd -n nixforge` with a fresh key serves its closure image, the
   Nix, xz-compressed and stored by nixforge);
 - second fetch: the same into another fresh store (every NAR a stored blob);
 - peer: `nix copy --to file://<dir>` of the same closure (Nix writes its own xz binary cache);
-- wrk: GET of one narinfo, 2 threads, 16 connections.
+- wrk: GET of one narinfo, 2 threads, 16 connections; then the image's manifest by tag, for scale.
 Throughput is the closure's NAR bytes (narSize) over the wall time.
 """
 
@@ -97,15 +97,19 @@ def main() -> None:
             peer, _ = run(nix_command("copy", "--to", f"file://{work / 'peer'}", root))
             narinfo = forge.url(f"/nix-cache/{root[len('/nix/store/'):][:32]}.narinfo")
             _, wrk = run(["wrk", "-t2", "-c16", f"-d{args.wrk_seconds}s", narinfo])
+            _, wrk_manifest = run(["wrk", "-t2", "-c16", f"-d{args.wrk_seconds}s",
+                                   forge.url("/v2/chain/manifests/latest")])
         finally:
             forge.stop()
         requests = re.search(r"Requests/sec:\s+([0-9.]+)", wrk)
         errors = re.search(r"Non-2xx or 3xx responses: (\d+)", wrk)
+        manifest_requests = re.search(r"Requests/sec:\s+([0-9.]+)", wrk_manifest)
         for label, seconds in (("first fetch (dump + xz + store)", first), ("second fetch (stored NARs)", second),
                                ("peer: nix copy --to file://", peer)):
             print(f"{label:36s} {seconds:7.2f} s  {nar_bytes / MB / seconds:7.1f} MB/s")
         print(f"narinfo GET with wrk -t2 -c16 -d{args.wrk_seconds}s: "
-              f"{requests.group(1) if requests else '?'} req/s, non-2xx: {errors.group(1) if errors else 0}")
+              f"{requests.group(1) if requests else '?'} req/s, non-2xx: {errors.group(1) if errors else 0}; "
+              f"beside it, manifest by tag: {manifest_requests.group(1) if manifest_requests else '?'} req/s")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from attrs import frozen
 
 from nixforge.images.policy import COMMIT_TAG_MODES
 from nixforge.images.systems import parse_systems
+from nixforge.nix.signing import CacheKey, KeyInvalid
 from nixforge.refresh_access import parse_refresh_from
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
@@ -89,8 +90,6 @@ def _htpasswd(text: str) -> str:
 def _cache_key_file(text: str) -> str:
     if not text:
         return ""
-    from nixforge.nix.signing import CacheKey, KeyInvalid
-
     try:
         CacheKey.load(text)
     except OSError as error:
