@@ -25,6 +25,8 @@ setup(
         "spdx-tools>=0.8.2",
         "werkzeug>=3.0",
         "prometheus-client>=0.20",
+        # ed25519 signatures of the Nix binary cache: the PyCA library twisted[tls] already needs.
+        "cryptography>=41",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6", "pyyaml>=6", "selenium>=4.20"],

@@ -11,6 +11,7 @@ from typing import Any
 import attrs
 from attrs import frozen
 
+from nixforge.nix.signing import CacheKey, KeyInvalid
 from nixforge.platforms import parse_systems
 from nixforge.references import COMMIT_TAG_MODES
 from nixforge.refresh_access import parse_refresh_from
@@ -84,6 +85,18 @@ def _htpasswd(text: str) -> str:
     if text and not os.path.isfile(text):
         raise ValueError("must name an existing htpasswd file (htpasswd -B)")
     return os.path.abspath(text) if text else ""
+
+
+def _cache_key_file(text: str) -> str:
+    if not text:
+        return ""
+    try:
+        CacheKey.load(text)
+    except OSError as error:
+        raise ValueError(f"cannot read it: {error.strerror or error}") from None
+    except KeyInvalid as error:
+        raise ValueError(str(error)) from None
+    return os.path.abspath(text)
 
 
 def _log_level(text: str) -> str:
@@ -302,6 +315,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prebuild", "NIXFORGE_PREBUILD", "prebuild", "", _optional_globs(_NAME_GLOB, "hello,tool-*"),
             "Comma-separated globs over the catalog's names built before anyone pulls them, whenever latest "
             "moves to a new revision (at start, every refresh interval, on POST /-/refresh); empty: none."),
+    Setting("cache_key_file", "NIXFORGE_CACHE_KEY_FILE", "cache-key-file", "", _cache_key_file,
+            "Secret key (nix-store --generate-binary-cache-key) signing the Nix binary cache at /nix-cache/ "
+            "of the served closures; empty: no cache."),
 )
 
 

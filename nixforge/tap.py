@@ -28,6 +28,7 @@ from nixforge.api.builds import BuildBook
 from nixforge.api.edge import EdgeSite
 from nixforge.api.htpasswd import HtpasswdFile
 from nixforge.api.metrics import BuildMetrics, RegistryMetrics
+from nixforge.api.nix_cache import NixCacheApi
 from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.api.refresh import body_limit as refresh_body_limit
 from nixforge.api.ui import UiPages
@@ -38,11 +39,15 @@ from nixforge.images.build_events import BuildObservers
 from nixforge.images.builder import ImageBuilder
 from nixforge.images.flake_locks import FlakeLocks
 from nixforge.images.image_script import ScriptRunner
+from nixforge.images.nix_cache import NixCache
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.script_user import ScriptUser
+from nixforge.images.served_closures import ServedClosures
 from nixforge.images.service import ImageService
+from nixforge.images.snapshotter_images import SnapshotterImages
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
+from nixforge.nix.signing import CacheKey
 from nixforge.oci.layer_cache import LayerCache
 from nixforge.platforms import host_platform, host_system
 from nixforge.readiness import ReadinessCheck, ReadinessService
@@ -51,6 +56,7 @@ from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.gc import GarbageCollector
 from nixforge.store.gc_service import GcScheduler, GcTimerService
 from nixforge.store.locked_revisions import FilesystemLockedRevisions
+from nixforge.store.narinfo_records import FilesystemNarRecords
 from nixforge.store.pull_times import PullTimes
 from nixforge.store.tag_index import FilesystemTagIndex
 
@@ -248,8 +254,15 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     metrics = RegistryMetrics(images, gc) if config.metrics else None
     if metrics is not None:
         parts.builds.observer = BuildObservers((builds, BuildMetrics(metrics)))
-    api = RegistryApi(images, reactor, readiness=lambda: readiness.current, builds=builds, metrics=metrics,
+    served = ServedClosures(index, store, policy, run_in_thread)
+    nix_cache = _nix_cache(config, served, nix, store, run_in_thread, reactor)
+    snapshotter = SnapshotterImages(images, served, store, run_in_thread)
+    collector.keep_also = lambda: [*snapshotter.live_blobs(), *(nix_cache.live_blobs() if nix_cache else ())]
+    api = RegistryApi(snapshotter, reactor,
+                      nix_cache=None if nix_cache is None else NixCacheApi(nix_cache, reactor,
+                                                                           lambda call: reactor.callLater(0, call)),
                       ui=_ui_pages(config, images, builds, gc, collector, reactor, root),
+                      readiness=lambda: readiness.current, builds=builds, metrics=metrics,
                       max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
                       refresh_access=_refresh_access(config))
@@ -300,6 +313,18 @@ def _lock_latest(locks: FlakeLocks) -> None:
         log.warn("cannot lock latest for prebuilds: {reason}", reason=reason.getErrorMessage())
 
     ensureDeferred(locks.lock("latest")).addErrback(failed)
+
+
+def _nix_cache(config: ForgeConfig, served: ServedClosures, nix: NixClient, store: FilesystemBlobStore,
+               run_in_thread: Any, reactor: Any) -> NixCache | None:
+    """The binary cache of the served closures at /nix-cache/, when NIXFORGE_CACHE_KEY_FILE names a key."""
+    if not config.cache_key_file:
+        return None
+    key = CacheKey.load(config.cache_key_file)
+    cache = NixCache(served, nix, store, FilesystemNarRecords(config.data_dir), key, run_in_thread, reactor)
+    log.info("serving a Nix binary cache of the served closures at /nix-cache/, public key {public}",
+             public=key.public())
+    return cache
 
 
 def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, reactor: Any) -> IResource:

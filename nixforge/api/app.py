@@ -24,6 +24,7 @@ from nixforge.api.errors import API_VERSION, API_VERSION_HEADER, INTERNAL_ERROR,
 from nixforge.api.host import host_problem
 from nixforge.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from nixforge.api.metrics import RegistryMetrics
+from nixforge.api.nix_cache import NixCacheApi
 from nixforge.api.pagination import next_link, paginate, parse_page_request
 from nixforge.api.refresh import refresh
 from nixforge.api.routing import CONVERTERS
@@ -146,8 +147,10 @@ class RegistryApi:
         builds: BuildBook | None = None,
         metrics: RegistryMetrics | None = None,
         ui: UiPages | None = None,
+        nix_cache: NixCacheApi | None = None,
     ) -> None:
         self._ui = ui
+        self._nix_cache = nix_cache
         self._builds = builds or BuildBook()
         self._metrics = metrics
         self._readiness = readiness or (lambda: NOT_CHECKED)
@@ -205,6 +208,15 @@ class RegistryApi:
     async def tags(self, request: IRequest, name: str) -> bytes:
         """`/v2/<name>/tags/list`, paged."""
         return await self._tags(request, validate_name(name, self._max_name_length))
+
+    @app.route("/nix-cache/<path:rest>")
+    @_read_only("/nix-cache/{file}")
+    async def nix_cache(self, request: IRequest, rest: str) -> bytes | None:
+        """The Nix binary cache of the served closures (nixforge.api.nix_cache); 404 when it is off."""
+        if self._nix_cache is None:
+            raise HttpError("UNSUPPORTED", "no binary cache here: NIXFORGE_CACHE_KEY_FILE is not set",
+                            {"setting": "NIXFORGE_CACHE_KEY_FILE"}, status=404)
+        return await self._nix_cache.handle(request, rest)
 
     @app.route("/healthz")
     @_read_only("/healthz")

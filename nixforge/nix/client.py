@@ -158,6 +158,11 @@ class NixClient:
         """Fire with every store path of the closure of `path`, with sizes and references."""
         return self._run(path_info_argv(self.nix_binary, path, self.settings), parse_path_info, timeout, lines)
 
+    def path_info(self, path: str, timeout: float | None = None) -> Deferred[StorePathInfo]:
+        """Fire with what Nix knows of the one store path `path` (hash, size, references, deriver)."""
+        argv = path_info_argv(self.nix_binary, path, self.settings, recursive=False)
+        return self._run(argv, lambda out: parse_path_info(out)[0], timeout)
+
     def metadata(
         self, flake_ref: str, timeout: float | None = None, refresh: bool = False, lines: LineSink = None
     ) -> Deferred[dict[str, object]]:

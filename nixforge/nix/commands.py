@@ -30,6 +30,7 @@ class StorePathInfo:
     nar_size: int
     references: tuple[str, ...]
     nar_hash: str = ""
+    deriver: str | None = None
 
 
 # nixforge can't work without these; turning them on here lets a stock nix.conf work.
@@ -108,9 +109,14 @@ def eval_argv(nix: str, installable: str, apply: str | None = None, settings: Ni
     return _command(nix, ["eval", "--json", *apply_flags], settings, installable)
 
 
-def path_info_argv(nix: str, path: str, settings: NixSettings = _DEFAULT) -> list[str]:
-    """`nix path-info -r --json FLAGS -- PATH`."""
-    return _command(nix, ["path-info", "-r", "--json"], settings, path)
+def path_info_argv(nix: str, path: str, settings: NixSettings = _DEFAULT, recursive: bool = True) -> list[str]:
+    """`nix path-info [-r] --json FLAGS -- PATH`."""
+    return _command(nix, ["path-info", *(["-r"] if recursive else []), "--json"], settings, path)
+
+
+def dump_path_argv(nix: str, path: str, settings: NixSettings = _DEFAULT) -> list[str]:
+    """`nix store dump-path FLAGS -- PATH`: the NAR serialisation of PATH on stdout."""
+    return _command(nix, ["store", "dump-path"], settings, path)
 
 
 def metadata_argv(
@@ -183,11 +189,13 @@ def _path_info(path: object, info: object) -> StorePathInfo:
     nar_hash = info.get("narHash", "")
     if not isinstance(nar_hash, str):
         raise OutputInvalid(f"{checked} has no valid narHash")
+    deriver = info.get("deriver")
     return StorePathInfo(
         path=checked,
         nar_size=nar_size,
         references=tuple(_store_path(ref, f"reference of {checked}") for ref in references),
         nar_hash=nar_hash,
+        deriver=deriver if isinstance(deriver, str) and deriver.startswith(STORE_PREFIX) else None,
     )
 
 

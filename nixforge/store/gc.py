@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from attrs import frozen
 from twisted.logger import Logger
@@ -89,6 +89,9 @@ class GarbageCollector:
         self.journal = GcJournal(store.root)
         self.cancelled = threading.Event()
         self._references: dict[str, frozenset[str]] = {}
+        # Blobs no tag record names but something still serves (the Nix cache's NARs, nix/ images);
+        # called from the GC thread, so it must answer from a snapshot.
+        self.keep_also: Callable[[], Iterable[str]] = lambda: ()
 
     # -- mark ---------------------------------------------------------------------------------
 
@@ -224,7 +227,7 @@ class GarbageCollector:
 
     def _keep(self, records: list[TagRecord]) -> set[str]:
         """The mark: blobs of `records` and of retained superseded digests without a current tag."""
-        return self._mark(records) | self._orphan_history(records)
+        return self._mark(records) | self._orphan_history(records) | set(self.keep_also())
 
     def over_cap(self) -> bool:
         """Tell whether the blobs add up to more than the cap (False without one). One scan."""

@@ -11,6 +11,7 @@ from nixforge.nix.commands import (
     OutputInvalid,
     StorePathInfo,
     build_argv,
+    dump_path_argv,
     eval_argv,
     metadata_argv,
     parse_build_output,
@@ -137,7 +138,7 @@ def test_parse_path_info_nix_2_8_list() -> None:
         ]
     )
     assert parse_path_info(stdout) == [
-        StorePathInfo(path=A, nar_size=120, references=(A, B), nar_hash="sha256-x"),
+        StorePathInfo(path=A, nar_size=120, references=(A, B), nar_hash="sha256-x", deriver="/nix/store/d"),
         StorePathInfo(path=B, nar_size=7, references=(), nar_hash="sha256-y"),
     ]
 
@@ -178,3 +179,10 @@ def test_parse_eval_output() -> None:
     assert parse_eval_output(b'{"a": [1, "{x}"]}') == {"a": [1, "{x}"]}
     with pytest.raises(OutputInvalid):
         parse_eval_output(b"{")
+
+
+def test_path_info_and_dump_path_argv() -> None:
+    assert path_info_argv("nix", A, recursive=False)[1:3] == ["path-info", "--json"]
+    assert path_info_argv("nix", A)[1:4] == ["path-info", "-r", "--json"]
+    argv = dump_path_argv("nix", A)
+    assert argv[:3] == ["nix", "store", "dump-path"] and argv[-2:] == ["--", A]
