@@ -248,7 +248,8 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                             run_in_thread, builds, host_platform())
     images = parts.service
     if parts.prebuilder is not None:
-        TimerService(config.refresh_interval, _lock_latest, parts.locks).setServiceParent(root)
+        # Twice per interval, so a lock is renewed at most half an interval after it went stale.
+        TimerService(config.refresh_interval / 2, _lock_latest, parts.locks).setServiceParent(root)
     readiness = ReadinessCheck(config.data_dir, run_in_thread, nix.version)
     ReadinessService(readiness, config.ready_interval, reactor).setServiceParent(root)
     metrics = RegistryMetrics(images, gc) if config.metrics else None
@@ -307,7 +308,7 @@ def _images_settings(config: ForgeConfig, host: str) -> ImagesSettings:
 
 
 def _lock_latest(locks: FlakeLocks) -> None:
-    """The prebuild timer: lock latest (again once its lock is older than the refresh interval)."""
+    """The prebuild timer: lock latest (again only once its lock is older than the refresh interval)."""
 
     def failed(reason: Any) -> None:
         log.warn("cannot lock latest for prebuilds: {reason}", reason=reason.getErrorMessage())

@@ -76,17 +76,6 @@ class FlakeLocks:
     # flake ref → (the error its last lock failed with, until when it is answered again)
     _failed: OrderedDict[str, tuple[ForgeError, float]] = field(factory=OrderedDict, init=False)
 
-    def current(self, tag: str) -> FlakeLock | None:
-        """The lock of `tag` if one is kept and still fresh; else None. Never runs Nix."""
-        try:
-            flake_ref = flake_ref_for(self.flake, tag)
-        except Exception:
-            return None
-        lock = self._locks.get(flake_ref)
-        if lock is None or not self._fresh(lock, tag):
-            return None
-        return lock
-
     def known(self, tag: str) -> FlakeLock | None:
         """The last lock of `tag`, fresh or not (None if it was never locked)."""
         try:
