@@ -63,6 +63,7 @@ class FakeNix:
         self.refreshed: list[bool] = []
         self.probes: list[str] = []  # installables probed
         self.catalog_evals: list[str] = []  # installables of catalog evaluations
+        self.catalog_gate: Deferred[None] | None = None  # when set, catalog evaluations wait for it
         self.calls: list[tuple[str, str, str]] = []  # builds: (name, flake ref, tag)
         self.built: list[BuildPlan] = []
         self.pending: list[Deferred[None]] = []
@@ -84,6 +85,8 @@ class FakeNix:
                         lines: LineSink = None) -> Any:
         if apply == CATALOG_EXPRESSION:
             self.catalog_evals.append(installable)
+            if self.catalog_gate is not None:
+                await self.catalog_gate
             if self.catalog is None:
                 raise NixError("error: flake 'github:o/r' does not provide attribute 'packages'", 1, [])
             return dict(self.catalog)
