@@ -26,6 +26,7 @@ from nixforge.errors import (
     NameUnknown,
     StoreFull,
     TooManyBuilds,
+    fresh_copy,
 )
 from nixforge.images.build_events import BuildStart, IBuildObserver, NoBuildObserver
 from nixforge.images.build_slots import PULL, BuildSlots
@@ -121,14 +122,14 @@ class TagBuilds:
         key = (target.name, tag)
         known = self.missing.get(key, self.clock.seconds())
         if known is not None:
-            raise known
+            raise fresh_copy(known)
         planning = self.clock.seconds()
         lock = await self.locks.lock(tag)
         failed = self.failures.get(target.name, tag, self.clock.seconds(), lock.locked)
         if failed is not None:
             log.info("{name}:{tag} failed to build at this revision less than {ttl:g} s ago; "
                      "answering that failure again", name=target.name, tag=tag, ttl=self.failures.ttl)
-            raise failed
+            raise fresh_copy(failed)
         if self.catalog is not None:
             catalog = await self.catalog.at(lock.locked)
             if catalog is not None:

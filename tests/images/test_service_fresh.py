@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 
 from nixforge.errors import BuildFailed, BuildTimedOut, NameUnknown, TooManyBuilds
 from nixforge.images.catalog import catalog_from
 from nixforge.images.interfaces import IImageService
+from nixforge.nix.client import NixAttributeMissing
 
 from .fakes import make_service, policy, result_of
 
@@ -31,6 +33,31 @@ def test_three_pulls_of_a_broken_package_are_one_build_with_the_same_error() -> 
     assert len(builder.calls) == 1 and len(builder.probes) == 1
     assert all(failure.check(BuildFailed) for failure in failures)
     assert {(f.value.message, repr(f.value.detail)) for f in failures} == {(BROKEN.message, repr(BROKEN.detail))}
+
+
+def traceback_depth(error: BaseException) -> int:
+    depth, frame = 0, error.__traceback__
+    while frame is not None:
+        depth, frame = depth + 1, frame.tb_next
+    return depth
+
+
+@pytest.mark.parametrize("remembered", ["failure", "missing"])
+def test_a_remembered_error_is_raised_as_a_fresh_copy_whose_traceback_does_not_grow(remembered: str) -> None:
+    # Raising the kept error itself would add every pull's frames to its traceback (and keep them alive).
+    service, builder, _ = make_service()
+    if remembered == "failure":
+        builder.fail_with = BROKEN
+    else:
+        builder.probe_fails_with = NixAttributeMissing("flake does not provide attribute 'broken'")
+    pull_broken(service, builder)
+    again, depths = [], []
+    for _ in range(5):
+        again.append(pull_broken(service, builder).value)
+        depths.append(traceback_depth(again[-1]))  # as each pull gets it
+    assert depths == [depths[0]] * 5
+    assert len({(type(error), error.message, repr(error.detail)) for error in again}) == 1
+    assert len(builder.calls) == (1 if remembered == "failure" else 0) and len(builder.probes) == 1
 
 
 def test_a_remembered_failure_expires_after_its_ttl() -> None:
