@@ -97,3 +97,40 @@ def test_a_cancelled_waiter_leaves_the_queue_and_takes_no_slot() -> None:
     assert holder.called
     slots.release(PULL)
     assert next_pull.called and (slots.running, slots.queued) == (1, 1)
+
+
+def test_each_waiter_is_told_the_kind_of_slot_it_holds() -> None:
+    slots = BuildSlots(2, max_queued=2)
+    kinds: list[str] = []
+    slots.acquire(PULL).addCallback(kinds.append)
+    slots.acquire(PREBUILD).addCallback(kinds.append)
+    assert kinds == [PULL, PREBUILD]
+
+
+def test_a_promoted_prebuild_waits_as_a_pull_and_holds_a_pulls_slot() -> None:
+    slots = BuildSlots(2, max_queued=2)
+    running = slots.acquire(PREBUILD)
+    first, second = slots.acquire(PREBUILD), slots.acquire(PREBUILD)
+    assert running.called and not first.called and not second.called  # the last slot is kept for pulls
+    held: list[str] = []
+    second.addCallback(held.append)
+    slots.promote(second)  # a pull now waits for it: it takes the free slot at once
+    assert held == [PULL] and not first.called
+    slots.promote(running)  # already holding a slot: nothing changes
+    assert (slots.running, slots.queued) == (2, 1)
+    slots.release(PULL)
+    assert not first.called  # the slot a pull left stays free for pulls
+    slots.release(PREBUILD)
+    assert first.called and (slots.running, slots.queued) == (1, 0)
+
+
+def test_a_promoted_waiter_can_still_be_cancelled() -> None:
+    slots = BuildSlots(1, max_queued=2)
+    slots.acquire(PULL)
+    waiter = slots.acquire(PREBUILD)
+    slots.promote(waiter)
+    waiter.cancel()
+    waiter.addErrback(lambda failure: failure.trap(CancelledError))
+    assert slots.queued == 0
+    slots.release(PULL)
+    assert slots.running == 0

@@ -110,3 +110,20 @@ def test_prebuilds_leave_a_slot_for_pulls() -> None:
     forge.nix.release()
     forge.nix.release()
     assert len(forge.nix.calls) == 4
+
+
+def test_a_pull_of_a_name_waiting_as_a_prebuild_takes_a_free_slot_at_once() -> None:
+    # `other` runs as a prebuild (one of two slots); tool-a and tool-b wait as prebuilds. A pull of
+    # tool-b joins its build: it must not wait behind the prebuilds while a slot is free.
+    forge, kinds = prebuilding(prebuild=("tool-*", "other"), max_builds=2)
+    lock_latest(forge)
+    assert [call[0] for call in forge.nix.calls] == ["other"]
+    pull = forge.service.resolve_tag("tool-b", "latest")
+    assert [call[0] for call in forge.nix.calls] == ["other", "tool-b"]
+    assert forge.parts.builds.slots.running == 2 and forge.parts.builds.slots.queued == 1
+    forge.nix.release()  # other and tool-b finish; tool-a, still a prebuild, takes one of the free slots
+    assert result_of(pull).oci.digest
+    assert [call[0] for call in forge.nix.calls] == ["other", "tool-b", "tool-a"]
+    forge.nix.release()
+    assert (forge.parts.builds.slots.running, forge.parts.builds.slots.queued) == (0, 0)
+    assert kinds == [PREBUILD] * 3
