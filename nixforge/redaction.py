@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 STORE_DIR = "/nix/store/"
+REGISTRY_PATHS = "/-/"  # the registry's own URLs (e.g. a build's log), not the host's files
 HOST_PATH = "<host path>"
 CREDENTIALS = "<credentials>"
 
@@ -32,6 +33,11 @@ def _store_path(path: str) -> bool:
     return path.startswith(STORE_DIR) and "/.." not in path
 
 
+def _registry_path(path: str) -> bool:
+    """True for a path of the registry's own URLs under `/-/`, with no `..`."""
+    return path.startswith(REGISTRY_PATHS) and "/.." not in path
+
+
 def _scrub_token(match: re.Match[str]) -> str:
     if match.group("url") is not None:
         url = _USERINFO.sub(lambda m: m.group("scheme") + CREDENTIALS + "@", match.group("url"))
@@ -42,7 +48,7 @@ def _scrub_token(match: re.Match[str]) -> str:
     if match.group("query_ref") is not None:
         return _strip_query(match.group("query_ref"))
     path = match.group("path")
-    return path if _store_path(path) else HOST_PATH
+    return path if _store_path(path) or _registry_path(path) else HOST_PATH
 
 
 def redact(text: str) -> str:
