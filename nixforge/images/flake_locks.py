@@ -107,7 +107,9 @@ class FlakeLocks:
         failed = self._failed.get(flake_ref)
         if failed is not None and self.clock.seconds() < failed[1]:
             raise fresh_copy(failed[0])
-        return await self._flights.run(flake_ref, lambda: ensureDeferred(self._fetch(flake_ref, tag)))
+        # A fetch started before the last `expire` may predate the push it announced: don't join it.
+        return await self._flights.run((flake_ref, self._generation),
+                                       lambda: ensureDeferred(self._fetch(flake_ref, tag)))
 
     def expire(self) -> None:
         """Lock every moving tag again on its next use (the refresh webhook); forget failed locks."""
@@ -137,7 +139,9 @@ class FlakeLocks:
         url = metadata.get("url")
         lock = FlakeLock(flake_ref, url if isinstance(url, str) else flake_ref, locked_revision(metadata),
                          metadata, self.clock.seconds(), generation)
-        self._locks[flake_ref] = lock
+        kept = self._locks.get(flake_ref)
+        if kept is None or kept.generation <= generation:  # an older fetch ending last keeps the newer lock
+            self._locks[flake_ref] = lock
         self._locks.move_to_end(flake_ref)
         while len(self._locks) > self.capacity:
             self._locks.popitem(last=False)

@@ -28,12 +28,13 @@ class MetadataNix:
     async def metadata(self, flake_ref: str, timeout: float | None = None, refresh: bool = False,
                        lines: LineSink = None) -> dict[str, Any]:
         self.asked.append(("--refresh " if refresh else "") + flake_ref)
+        revision = self.revision  # what Nix fetches now, however long it then takes
         if self.gate is not None:
             await self.gate
         if self.error is not None:
             raise self.error
-        return {"url": f"{flake_ref}?rev={self.revision}", "locked": {"rev": f"{self.revision:040x}"},
-                "lastModified": 1_700_000_000 + self.revision}
+        return {"url": f"{flake_ref}?rev={revision}", "locked": {"rev": f"{revision:040x}"},
+                "lastModified": 1_700_000_000 + revision}
 
 
 def make_locks(**overrides: Any) -> tuple[FlakeLocks, MetadataNix, Clock]:
@@ -41,7 +42,7 @@ def make_locks(**overrides: Any) -> tuple[FlakeLocks, MetadataNix, Clock]:
     settings: dict[str, Any] = {"nix": nix, "clock": clock, "flake": "github:o/r", "refresh_interval": 300.0,
                                 "timeout": 60.0}
     settings.update(overrides)
-    return FlakeLocks(**settings), nix, clock
+    return FlakeLocks(**settings), settings["nix"], clock
 
 
 def lock(locks: FlakeLocks, tag: str) -> Any:
@@ -94,6 +95,42 @@ def test_expire_locks_moving_tags_again_on_their_next_use() -> None:
     assert lock(locks, "latest").locked == "github:o/r?rev=2"
     assert lock(locks, COMMIT).locked == f"github:o/r/{COMMIT}?rev=1"  # a commit never moves
     assert nix.asked == ["--refresh github:o/r", f"github:o/r/{COMMIT}", "--refresh github:o/r"]
+
+
+def test_a_lock_asked_after_expire_does_not_join_a_fetch_started_before() -> None:
+    locks, nix, _ = make_locks()
+    nix.gate = Deferred()
+    before = ensureDeferred(locks.lock("latest"))  # a pull's lock, still fetching
+    nix.revision = 2
+    locks.expire()  # a push, then the webhook: what that fetch finds may be older than the push
+    after = ensureDeferred(locks.lock("latest"))
+    nix.gate.callback(None)
+    assert result_of(before).locked == "github:o/r?rev=1"
+    assert result_of(after).locked == "github:o/r?rev=2"
+    assert nix.asked == ["--refresh github:o/r"] * 2
+    assert lock(locks, "latest").locked == "github:o/r?rev=2"  # kept: the newer lock
+    assert len(nix.asked) == 2
+
+
+def test_an_older_fetch_that_ends_last_does_not_replace_the_newer_lock() -> None:
+    gates: list[Deferred[None]] = []
+
+    class OneGateEach(MetadataNix):
+        async def metadata(self, flake_ref: str, timeout: float | None = None, refresh: bool = False,
+                           lines: LineSink = None) -> dict[str, Any]:
+            self.gate = Deferred()
+            gates.append(self.gate)
+            return await super().metadata(flake_ref, timeout, refresh, lines)
+
+    locks, nix, _ = make_locks(nix=OneGateEach())
+    before = ensureDeferred(locks.lock("latest"))
+    nix.revision = 2
+    locks.expire()
+    after = ensureDeferred(locks.lock("latest"))
+    gates[1].callback(None)
+    gates[0].callback(None)
+    assert (result_of(before).locked, result_of(after).locked) == ("github:o/r?rev=1", "github:o/r?rev=2")
+    assert lock(locks, "latest").locked == "github:o/r?rev=2" and len(nix.asked) == 2
 
 
 def test_a_commit_tag_is_locked_once_without_refresh() -> None:
