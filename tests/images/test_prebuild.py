@@ -127,3 +127,16 @@ def test_a_pull_of_a_name_waiting_as_a_prebuild_takes_a_free_slot_at_once() -> N
     forge.nix.release()
     assert (forge.parts.builds.slots.running, forge.parts.builds.slots.queued) == (0, 0)
     assert kinds == [PREBUILD] * 3
+
+
+def test_a_revision_whose_catalog_was_unavailable_is_prebuilt_on_its_next_lock() -> None:
+    forge, kinds = prebuilding(prebuild=("tool-*",), max_builds=4)
+    forge.nix.catalog = None  # the evaluation fails at start (say, the network is down)
+    lock_latest(forge)
+    assert forge.nix.calls == [] and len(forge.nix.catalog_evals) == 1
+    forge.nix.catalog = dict(CATALOG)
+    forge.clock.advance(301)  # the prebuild timer locks latest again: the same revision
+    lock_latest(forge)
+    assert sorted(call[0] for call in forge.nix.calls) == ["tool-a", "tool-b"]
+    assert kinds == [PREBUILD] * 2
+    forge.nix.release()
