@@ -253,6 +253,7 @@ def test_a_name_outside_the_package_globs_is_unknown_on_every_route_and_never_pl
         assert result_of(service.blob(name, "sha256:" + "0" * 64)).check(NameUnknown)
         assert result_of(service.tags(name)).check(NameUnknown)
     assert builder.probes == ["github:o/r?rev=1#tool-a"]
+    assert builder.locks == ["--refresh github:o/r"]  # refused names are not even locked
 
 
 def test_a_name_refused_later_is_no_longer_served_from_the_index_nor_listed() -> None:
@@ -330,7 +331,7 @@ def test_revisions_of_another_flake_are_not_known() -> None:
     revisions.record("github:other/repo", revision_hash(1), "latest")
     service, builder, _ = make_service(policy=AccessPolicy("github:o/r", revisions))
     assert result_of(service.resolve_tag("hello", revision_hash(1))).check(ManifestUnknown)
-    assert builder.probes == []
+    assert builder.probes == [] and builder.locks == []
 
 
 def test_a_pulled_commit_tag_is_not_recorded_as_known() -> None:
