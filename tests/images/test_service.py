@@ -468,3 +468,16 @@ def test_an_evicted_tag_is_read_from_the_store_again() -> None:
     record = service.index.get("a", "latest")
     assert result_of(service.resolve_tag("a", "latest")).oci.digest == record.oci_digest
     assert sorted(reads) == sorted([record.oci_digest, record.docker_digest])
+
+
+def test_what_the_metrics_read() -> None:
+    service, builder, _ = make_service(max_builds=1, max_queued_builds=2)
+    service.resolve_tag("a", "latest")
+    service.resolve_tag("b", "latest")
+    assert (service.builds_running, service.builds_queued) == (1, 1)
+    builder.release()
+    builder.release()
+    assert (service.builds_running, service.builds_queued) == (0, 0)
+    hits = service.manifest_cache_hits
+    result_of(service.resolve_tag("a", "latest"))  # both manifests from memory
+    assert service.manifest_cache_hits > hits
