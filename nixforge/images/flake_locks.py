@@ -131,8 +131,9 @@ class FlakeLocks:
                                     "", flake_ref, tag, self.timeout)
         except ForgeError as error:
             # An unknown branch or an unreachable flake is not asked of Nix again for a while,
-            # however many names are pulled at that tag meanwhile.
-            self._failed[flake_ref] = (fresh_copy(error), self.clock.seconds() + FAILED_LOCK_TTL)
+            # however many names are pulled at that tag meanwhile (unless expired since it started).
+            if generation == self._generation:
+                self._failed[flake_ref] = (fresh_copy(error), self.clock.seconds() + FAILED_LOCK_TTL)
             while len(self._failed) > self.capacity:
                 self._failed.popitem(last=False)
             raise

@@ -133,6 +133,19 @@ def test_an_older_fetch_that_ends_last_does_not_replace_the_newer_lock() -> None
     assert lock(locks, "latest").locked == "github:o/r?rev=2" and len(nix.asked) == 2
 
 
+def test_a_fetch_started_before_expire_that_fails_after_it_is_not_remembered() -> None:
+    locks, nix, _ = make_locks()
+    nix.gate = Deferred()
+    before = ensureDeferred(locks.lock("main"))  # the branch does not exist yet
+    nix.error = NixRefUnknown("error: cannot find Git reference 'main'", 1, [])
+    locks.expire()  # it was just pushed: the webhook
+    nix.gate.callback(None)
+    assert result_of(before).check(ManifestUnknown)
+    nix.gate, nix.error = None, None
+    assert lock(locks, "main").locked == "github:o/r/main?rev=1"  # asked of Nix again, at once
+    assert len(nix.asked) == 2
+
+
 def test_a_commit_tag_is_locked_once_without_refresh() -> None:
     locks, nix, clock = make_locks()
     first = lock(locks, COMMIT)
