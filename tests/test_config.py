@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from nixforge.config import ConfigError, ForgeConfig
-from nixforge.images.systems import host_system
+from nixforge.platforms import host_system
 from nixforge.tap import Options, config_or_exit
 
 
@@ -90,7 +90,8 @@ def test_state_directory_is_the_default_data_dir() -> None:
     ("NIXFORGE_MAX_STORE_SIZE", "20X"), ("NIXFORGE_MAX_STORE_SIZE", "-5G"), ("NIXFORGE_MAX_STORE_SIZE", "0"),
     ("NIXFORGE_RETENTION", "a week"), ("NIXFORGE_RETENTION", "-1d"), ("NIXFORGE_GC_INTERVAL", "0"),
     ("NIXFORGE_SYSTEMS", "x86_64"), ("NIXFORGE_SYSTEMS", "x86_64-linux,x86_64-linux"),
-    ("NIXFORGE_SYSTEMS", "sparc-linux"),
+    ("NIXFORGE_SYSTEMS", "sparc-linux"), ("NIXFORGE_PULL_WAIT", "-1"), ("NIXFORGE_PULL_WAIT", "a while"),
+    ("NIXFORGE_PREBUILD", "Hello"), ("NIXFORGE_PREBUILD", "hello,,tool-*"),
 ])
 def test_bad_values_are_refused_with_one_line(variable: str, value: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -204,3 +205,12 @@ def test_failure_ttl_and_refresh_from_defaults_environment_and_options() -> None
                             ("NIXFORGE_REFRESH_FROM", "the world")):
         with pytest.raises(ConfigError, match=variable):
             ForgeConfig.from_sources({variable: value})
+
+
+def test_pull_wait_and_prebuild_from_defaults_environment_and_options() -> None:
+    default = ForgeConfig.from_sources({})
+    assert (default.pull_wait, default.prebuild) == (60.0, ())
+    config = ForgeConfig.from_sources({"NIXFORGE_PULL_WAIT": "0", "NIXFORGE_PREBUILD": "hello, tool-*"})
+    assert (config.pull_wait, config.prebuild) == (0.0, ("hello", "tool-*"))
+    options = ForgeConfig.from_sources({"NIXFORGE_PREBUILD": "hello"}, {"pull-wait": "5", "prebuild": "greet"})
+    assert (options.pull_wait, options.prebuild) == (5.0, ("greet",))

@@ -18,6 +18,7 @@ from nixforge.redaction import Verbatim, redact, redact_value
     ("error: getting status of /srv/f/flake.nix: No such file", "error: getting status of <host path>: No such file"),
     ("hello> building in /tmp/nix-build-x.drv-0", "hello> building in <host path>"),
     ("see /nix/store/../etc/passwd", "see <host path>"),
+    ("see /-/../etc/passwd", "see <host path>"),
 ])
 def test_secrets_and_host_paths_are_scrubbed(text: str, expected: str) -> None:
     assert redact(text) == expected
@@ -26,6 +27,7 @@ def test_secrets_and_host_paths_are_scrubbed(text: str, expected: str) -> None:
 @pytest.mark.parametrize("text", [
     "github:o/r/main", "https://github.com/o/r", "/nix/store/abc-hello/bin/hello", "sha256:" + "a" * 64,
     "hello> compiling main.c", "v2/a/b/manifests/latest", "cannot open ./busybox",
+    "follow its log at /-/builds/0123456789ab/log", "/-/builds/0123456789ab/log",
 ])
 def test_harmless_text_is_kept(text: str) -> None:
     assert redact(text) == text

@@ -21,7 +21,7 @@ class BuildSlots:
         self.size = size
         self.max_queued = max_queued
         self._running = {PULL: 0, PREBUILD: 0}
-        self._waiting: dict[str, deque[Deferred[None]]] = {PULL: deque(), PREBUILD: deque()}
+        self._waiting: dict[str, deque[Deferred[str]]] = {PULL: deque(), PREBUILD: deque()}
 
     @property
     def running(self) -> int:
@@ -33,14 +33,27 @@ class BuildSlots:
         """Builds waiting for a slot (pulls and prebuilds)."""
         return len(self._waiting[PULL]) + len(self._waiting[PREBUILD])
 
-    def acquire(self, kind: str = PULL) -> Deferred[None]:
-        """Fire when a slot is held for a build of `kind`; the caller must `release(kind)` it after."""
+    def acquire(self, kind: str = PULL) -> Deferred[str]:
+        """Fire with the kind of slot held, once one is (`kind`, or a pull's if promoted meanwhile);
+        the caller must `release` that kind after."""
         if kind == PULL and len(self._waiting[PULL]) >= self.max_queued:
             raise TooManyBuilds("too many builds queued; retry later", retry_after=30)
-        waiter: Deferred[None] = Deferred(lambda d: self._waiting[kind].remove(d))
+        waiter: Deferred[str] = Deferred(self._leave)
         self._waiting[kind].append(waiter)
         self._grant()
         return waiter
+
+    def promote(self, waiter: Deferred[str]) -> None:
+        """A waiting prebuild that a pull now waits for: it waits as a pull from now on."""
+        if waiter in self._waiting[PREBUILD]:
+            self._waiting[PREBUILD].remove(waiter)
+            self._waiting[PULL].append(waiter)
+            self._grant()
+
+    def _leave(self, waiter: Deferred[str]) -> None:
+        for queue in self._waiting.values():
+            if waiter in queue:
+                queue.remove(waiter)
 
     def release(self, kind: str = PULL) -> None:
         """Give a slot back; the next waiting pull (else prebuild) gets it."""
@@ -60,4 +73,4 @@ class BuildSlots:
             else:
                 return
             self._running[kind] += 1
-            self._waiting[kind].popleft().callback(None)
+            self._waiting[kind].popleft().callback(kind)

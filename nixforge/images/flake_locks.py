@@ -96,7 +96,9 @@ class FlakeLocks:
         failed = self._failed.get(flake_ref)
         if failed is not None and self.clock.seconds() < failed[1]:
             raise failed[0].fresh()
-        return await self._flights.run(flake_ref, lambda: ensureDeferred(self._fetch(flake_ref, tag)))
+        # A fetch started before the last `expire` may predate the push it announced: don't join it.
+        return await self._flights.run((flake_ref, self._generation),
+                                       lambda: ensureDeferred(self._fetch(flake_ref, tag)))
 
     def expire(self) -> None:
         """Lock every moving tag again on its next use (the refresh webhook); forget failed locks."""
@@ -118,15 +120,18 @@ class FlakeLocks:
                                     "", flake_ref, tag, self.timeout)
         except ForgeError as error:
             # An unknown branch or an unreachable flake is not asked of Nix again for a while,
-            # however many names are pulled at that tag meanwhile.
-            self._failed[flake_ref] = (error.fresh(), self.clock.seconds() + FAILED_LOCK_TTL)
+            # however many names are pulled at that tag meanwhile (unless expired since it started).
+            if generation == self._generation:
+                self._failed[flake_ref] = (error.fresh(), self.clock.seconds() + FAILED_LOCK_TTL)
             while len(self._failed) > self.capacity:
                 self._failed.popitem(last=False)
             raise
         url = metadata.get("url")
         lock = FlakeLock(flake_ref, url if isinstance(url, str) else flake_ref, locked_revision(metadata),
                          metadata, self.clock.seconds(), generation)
-        self._locks[flake_ref] = lock
+        kept = self._locks.get(flake_ref)
+        if kept is None or kept.generation <= generation:  # an older fetch ending last keeps the newer lock
+            self._locks[flake_ref] = lock
         self._locks.move_to_end(flake_ref)
         while len(self._locks) > self.capacity:
             self._locks.popitem(last=False)

@@ -56,6 +56,8 @@ class Prebuilder:
         catalog = await self.catalog.at(lock.locked)
         if catalog is None:
             log.warn("no prebuilds at {locked}: the flake's catalog is unavailable", locked=lock.locked)
+            if self._revision == lock.locked:
+                self._revision = None  # try this revision again on its next lock
             return
         names = [name for name in catalog.names() if self.matches(name) and self.policy.allows_name(name)]
         log.info("prebuilding {count} images at {locked}: {names}", count=len(names), locked=lock.locked,

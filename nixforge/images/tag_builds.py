@@ -28,7 +28,7 @@ from nixforge.errors import (
     TooManyBuilds,
 )
 from nixforge.images.build_events import BuildStart, IBuildObserver, NoBuildObserver
-from nixforge.images.build_slots import PULL, BuildSlots
+from nixforge.images.build_slots import PREBUILD, PULL, BuildSlots
 from nixforge.images.builder import Stored
 from nixforge.images.catalog import FlakeCatalog
 from nixforge.images.failure_memory import FailureMemory
@@ -91,6 +91,8 @@ class TagBuilds:
     _probes: DeferredSemaphore = field(init=False)
     _build_ids: dict[tuple[str, str], str] = field(factory=dict, init=False)
     refresh_failed_at: dict[tuple[str, str], float] = field(factory=dict, init=False)
+    _kinds: dict[tuple[str, str], str] = field(factory=dict, init=False)  # of the builds in flight
+    _slot_waiters: dict[tuple[str, str], Deferred[str]] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._probes = DeferredSemaphore(self.slots.size * 2)
@@ -102,7 +104,17 @@ class TagBuilds:
         Cancelling the returned Deferred detaches this caller only: the build goes on for the others.
         """
         key = (target.name, tag)
+        if kind == PULL and self._flights.running(key):
+            self._pulled(key)
         return self._flights.run(key, lambda: ensureDeferred(self._build(target, tag, kind, on_build)))
+
+    def _pulled(self, key: tuple[str, str]) -> None:
+        """A pull joins the build of `key`: if it is a prebuild, it gets a pull's place from now on."""
+        if self._kinds.get(key) == PREBUILD:
+            self._kinds[key] = PULL
+            waiter = self._slot_waiters.get(key)
+            if waiter is not None:
+                self.slots.promote(waiter)
 
     def running(self, name: str, tag: str) -> bool:
         """Tell whether a build (or its planning) of name:tag is in flight."""
@@ -119,16 +131,24 @@ class TagBuilds:
 
     async def _build(self, target: BuildTarget, tag: str, kind: str, on_build: BuildListener) -> ImageManifests:
         key = (target.name, tag)
+        self._kinds[key] = kind
+        try:
+            return await self._build_steps(target, tag, on_build)
+        finally:
+            self._kinds.pop(key, None)
+
+    async def _build_steps(self, target: BuildTarget, tag: str, on_build: BuildListener) -> ImageManifests:
+        key = (target.name, tag)
         known = self.missing.get(key, self.clock.seconds())
         if known is not None:
-            raise known
+            raise known  # a fresh copy each time (MissingCache)
         planning = self.clock.seconds()
         lock = await self.locks.lock(tag)
         failed = self.failures.get(target.name, tag, self.clock.seconds(), lock.locked)
         if failed is not None:
             log.info("{name}:{tag} failed to build at this revision less than {ttl:g} s ago; "
                      "answering that failure again", name=target.name, tag=tag, ttl=self.failures.ttl)
-            raise failed
+            raise failed  # a fresh copy each time (FailureMemory)
         if self.catalog is not None:
             catalog = await self.catalog.at(lock.locked)
             if catalog is not None:
@@ -146,7 +166,7 @@ class TagBuilds:
             on_build(build_id)
         self._build_ids[key] = build_id
         try:
-            return await self._build_planned(target, tag, plan, build_id, kind, planning)
+            return await self._build_planned(target, tag, plan, build_id, planning)
         finally:
             self._build_ids.pop(key, None)
 
@@ -167,7 +187,7 @@ class TagBuilds:
         return manifests
 
     async def _build_planned(self, target: BuildTarget, tag: str, plan: BuildPlan | SystemsPlan, build_id: str,
-                             kind: str, planning: float) -> ImageManifests:
+                             planning: float) -> ImageManifests:
         started = self.clock.seconds()
         self.observer.build_started(BuildStart(build_id, target.name, tag, plan.locked, plan.revision, started,
                                                started - planning))
@@ -186,12 +206,17 @@ class TagBuilds:
             self.observer.build_line(build_id, text)
 
         async def build() -> ImageManifests:
-            await self.slots.acquire(kind)
+            key = (target.name, tag)
+            waiter = self._slot_waiters[key] = self.slots.acquire(self._kinds.get(key, PULL))
+            try:
+                held = await waiter
+            finally:
+                self._slot_waiters.pop(key, None)
             try:
                 self.observer.build_phase(build_id, "build", self.clock.seconds())
                 return await self.builder.build(plan, record_tag, line)
             finally:
-                self.slots.release(kind)
+                self.slots.release(held)
 
         lease = self.keeper.begin_build() if self.keeper is not None else None  # GC spares this build's blobs
         try:

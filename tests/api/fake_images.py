@@ -68,6 +68,7 @@ class FakeImageService:
         self.pending: dict[str, Deferred[object]] = {}
         self.opened: list[TrackedFile] = []
         self.artifacts: dict[str, list[ManifestDocument]] = {}
+        self.build_id: str | None = None
 
     def add_image(self, name: str, tag: str, layers: list[bytes] | None = None) -> ImageManifests:
         """Add an image whose config and layers become blobs of `name`; return its manifests."""
@@ -116,9 +117,11 @@ class FakeImageService:
         if name not in self.repos:
             raise NameUnknown("repository name not known to registry", {"name": name})
 
-    def resolve_tag(self, name: str, tag: str) -> Deferred:
-        """Return both forms of name:tag."""
+    def resolve_tag(self, name: str, tag: str, on_build: Callable[[str], None] | None = None) -> Deferred:
+        """Return both forms of name:tag; `on_build` is told `build_id` when one is set (a build started)."""
         self.calls.append(("resolve_tag", name, tag))
+        if on_build is not None and self.build_id is not None:
+            on_build(self.build_id)
 
         def compute() -> ImageManifests:
             self._repo(name)

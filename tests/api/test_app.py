@@ -14,7 +14,7 @@ from zope.interface.verify import verifyObject
 
 import nixforge.api.app as app_module
 from nixforge.api import RegistryApi
-from nixforge.errors import BuildFailed, BuildTimedOut, NameUnknown, StoreFull, TooManyBuilds
+from nixforge.errors import BuildFailed, BuildInProgress, BuildTimedOut, NameUnknown, StoreFull, TooManyBuilds
 from nixforge.images.interfaces import IImageService
 from nixforge.oci import media_types as mt
 from nixforge.oci.documents import ImageManifests, sha256_digest
@@ -545,3 +545,17 @@ def test_writes_outside_v2_are_unsupported(client: StubClient, method: str) -> N
     response, body = client.request(method, "/anything/else")
     assert response.code == 405
     assert json.loads(body)["errors"][0]["code"] == "UNSUPPORTED"
+
+
+def test_a_build_still_running_after_the_pull_wait_is_429_with_its_log(
+    client: StubClient, images: FakeImageService
+) -> None:
+    images.failures["resolve_tag"] = BuildInProgress(
+        "hello:latest is still building after 60 s (build b1); retry shortly, or follow its log at /-/builds/b1/log",
+        10, {"name": "hello", "tag": "latest", "build": "b1", "build_log": "/-/builds/b1/log"})
+    response, body = client.request("GET", "/v2/hello/manifests/latest")
+    assert response.code == 429
+    assert header(response, "Retry-After") == "10"
+    error = error_of(response, body)
+    assert error["code"] == "TOOMANYREQUESTS" and "/-/builds/b1/log" in error["message"]
+    assert error["detail"] == {"name": "hello", "tag": "latest", "build": "b1", "build_log": "/-/builds/b1/log"}

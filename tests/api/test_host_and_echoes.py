@@ -89,12 +89,20 @@ async def test_a_valid_host_is_served(site: RecordingSite, host_lines: list[byte
     assert (status, body) == (200, b"{}")
 
 
-@pytest.mark.parametrize("path", ["/", "/etc/passwd", "/home/me/.docker/config.json", "/nothing/here"])
+@pytest.mark.parametrize("path", ["/etc/passwd", "/home/me/.docker/config.json", "/nothing/here", "/v3/x"])
 @pytest_twisted.ensureDeferred
 async def test_the_request_path_is_echoed_as_it_is(site: RecordingSite, path: str) -> None:
     status, headers, body = await answer(site, raw(path, [b"Host: r\r\n"]))
     assert status == 404
     assert error_of(headers, body)["detail"] == {"path": path}
+
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_start_page_when_the_pages_are_off_says_so(site: RecordingSite) -> None:
+    status, headers, body = await answer(site, raw("/", [b"Host: r\r\n"]))
+    assert status == 404
+    assert "the web pages are off" in error_of(headers, body)["message"]
 
 
 @pytest_twisted.ensureDeferred

@@ -6,7 +6,7 @@ import json
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, formatEvent
 
 import nixforge.api.access_log as access_log_module
 from nixforge.api import RegistryApi
@@ -119,3 +119,19 @@ def test_the_site_writes_no_combined_log_line() -> None:
     site._logFile = type("File", (), {"write": written.append})()  # type: ignore[assignment]
     site.log(object())  # type: ignore[arg-type]
     assert written == []
+
+
+def test_a_request_that_started_a_build_names_it_in_the_access_log(
+    images: FakeImageService, clock: Clock, monkeypatch
+) -> None:
+    events: list[dict] = []
+    monkeypatch.setattr(access_log_module, "log", Logger(observer=events.append))
+    images.add_image("hello", "latest")
+    client, _ = observed(images, clock, events)
+    assert client.request("GET", "/v2/hello/manifests/latest")[0].code == 200  # served: no build
+    images.build_id = "0123456789ab"  # the next pull starts this build
+    assert client.request("GET", "/v2/hello/manifests/latest")[0].code == 200
+    lines = [formatEvent(event) for event in events if event.get("log_format", "").startswith("{method}")]
+    assert len(lines) == 2
+    assert "build=" not in lines[0]
+    assert lines[1].endswith(" build=0123456789ab")

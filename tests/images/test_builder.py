@@ -1,4 +1,4 @@
-"""ImageBuilder: which attribute is built, how Nix failures become registry errors, labels."""
+"""ImageBuilder, after FlakeLocks and Planner: which attribute is built, Nix failures as registry errors, labels."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, maybeDeferred
 from twisted.internet.task import Clock
 
 from nixforge.errors import BuildFailed, BuildTimedOut, ManifestUnknown, NameUnknown
-from nixforge.images.builder import ImageBuilder, _labels
+from nixforge.images.builder import ImageBuilder
+from nixforge.images.flake_locks import FlakeLock, FlakeLocks
+from nixforge.images.planner import BuildPlan, Planner, _labels
 from nixforge.images.targets import target_for
-from nixforge.nix.client import NixAttributeMissing, NixError, NixRefUnknown, NixTimeout, StorePathInfo
+from nixforge.nix.client import LineSink, NixAttributeMissing, NixError, NixRefUnknown, NixTimeout, StorePathInfo
 from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.layer_cache import LayerCache
 from nixforge.store.memory import MemoryBlobStore
@@ -34,18 +36,21 @@ class FakeNix:
         self.out_links: list[str | None] = []
 
     def metadata(self, flake_ref: str, timeout: float | None = None,
-                 refresh: bool = False) -> Deferred[dict[str, object]]:
+                 refresh: bool = False, lines: LineSink = None) -> Deferred[dict[str, object]]:
         self.asked.append(("metadata --refresh " if refresh else "metadata ") + flake_ref)
         return succeed({"url": flake_ref + "?locked=1", "locked": {"rev": "c0ffee"}})
 
-    def eval_json(self, installable: str, apply: str | None = None, timeout: float | None = None) -> Deferred[object]:
+    def eval_json(self, installable: str, apply: str | None = None, timeout: float | None = None,
+                  lines: LineSink = None) -> Deferred[object]:
         self.asked.append("eval " + installable)
         self.applied = apply
         return fail(self.error) if self.error else succeed(self.probe)
 
     def build(self, installable: str, timeout: float | None = None,
-              out_link: str | None = None) -> Deferred[list[str]]:
+              out_link: str | None = None, lines: LineSink = None) -> Deferred[list[str]]:
         self.asked.append("build " + installable)
+        if lines is not None:
+            lines(f"building {installable}")
         self.timeouts.append(timeout)
         self.out_links.append(out_link)
         if self.error:
@@ -57,7 +62,7 @@ class FakeNix:
             os.symlink(output, out_link + "-dev")
         return succeed([output])
 
-    def closure(self, path: str, timeout: float | None = None) -> Deferred[list[Any]]:
+    def closure(self, path: str, timeout: float | None = None, lines: LineSink = None) -> Deferred[list[Any]]:
         self.asked.append("closure " + path)
         return succeed([StorePathInfo(path, 1, (), "sha256:" + "0" * 64)])
 
@@ -70,8 +75,20 @@ def make_builder(nix: FakeNix, tmp_path: Path, clock: Clock | None = None) -> tu
     return builder, store
 
 
-async def plan_and_build(builder: ImageBuilder, name: str, flake_ref: str, tag: str) -> Any:
-    return await builder.build(await builder.plan(target_for(name), flake_ref, tag))
+def locks_for(builder: ImageBuilder, flake: str) -> FlakeLocks:
+    """Lock `flake` through the builder's Nix and clock, as the registry does (refresh interval 300 s)."""
+    return FlakeLocks(builder.nix, builder.clock, flake, 300.0, builder.timeout)
+
+
+async def plan_for(builder: ImageBuilder, name: str, flake: str, tag: str) -> BuildPlan:
+    """Lock `flake` at `tag` and plan `name` for the host alone, as TagBuilds does before a build."""
+    lock = await locks_for(builder, flake).lock(tag)
+    (plan,) = await Planner(builder.nix, builder.clock, builder.timeout).plan(target_for(name), lock, tag)
+    return plan
+
+
+async def plan_and_build(builder: ImageBuilder, name: str, flake: str, tag: str) -> Any:
+    return await builder.build(await plan_for(builder, name, flake, tag))
 
 
 def run(coroutine: Any) -> Any:
@@ -91,8 +108,9 @@ def test_a_package_with_an_image_serves_that_image(tmp_path: Path) -> None:
     nix = FakeNix({"hello.image": str(archive)})
     builder, store = make_builder(nix, tmp_path)
     manifests = run(plan_and_build(builder, "hello", "path:/f", "latest"))
-    assert nix.asked == ["metadata path:/f", "eval path:/f?locked=1#hello", "build path:/f?locked=1#hello.image",
-                         "build path:/f?locked=1#hello", f"closure /nix/store/{'a' * 32}-hello"]
+    assert nix.asked == ["metadata --refresh path:/f", "eval path:/f?locked=1#hello",
+                         "build path:/f?locked=1#hello.image", "build path:/f?locked=1#hello",
+                         f"closure /nix/store/{'a' * 32}-hello"]
     assert store.read(manifests.oci.digest) == manifests.oci.body
     assert store.read(manifests.docker.digest) == manifests.docker.body
     annotations = json.loads(manifests.oci.body)["annotations"]
@@ -109,7 +127,8 @@ def test_an_application_without_entries_serves_the_named_file_of_its_containers(
     nix = FakeNix({"app.containers": str(tmp_path / "out")}, probe=NO_ENTRIES)
     builder, _ = make_builder(nix, tmp_path)
     assert run(plan_and_build(builder, "applications/app/web", "path:/f", "latest")).oci.digest
-    assert nix.asked == ["metadata path:/f", "eval path:/f?locked=1#app", "build path:/f?locked=1#app.containers"]
+    assert nix.asked == ["metadata --refresh path:/f", "eval path:/f?locked=1#app",
+                         "build path:/f?locked=1#app.containers"]
     missing = run(plan_and_build(builder, "applications/app/db", "path:/f", "latest"))
     assert missing.check(NameUnknown)
 
@@ -122,7 +141,7 @@ def test_an_application_with_entries_builds_only_the_pulled_image(tmp_path: Path
     # The dotted app name is quoted too: its entry is one attribute path, built alone.
     nix.outputs = {'"my.app".containers.entries."web.tar.gz"': str(archive)}
     assert run(plan_and_build(builder, "applications/my.app/web", "path:/f", "latest")).oci.digest
-    assert nix.asked == ["metadata path:/f", 'eval path:/f?locked=1#"my.app"',
+    assert nix.asked == ["metadata --refresh path:/f", 'eval path:/f?locked=1#"my.app"',
                          'build path:/f?locked=1#"my.app".containers.entries."web.tar.gz"']
 
 
@@ -149,7 +168,7 @@ def test_an_attribute_that_is_not_a_derivation_is_unknown_without_a_build(tmp_pa
     builder, _ = make_builder(nix, tmp_path)
     failure = run(plan_and_build(builder, "packages/lib", "path:/f", "latest"))
     assert failure.check(NameUnknown)
-    assert nix.asked == ["metadata path:/f", "eval path:/f?locked=1#lib"]
+    assert nix.asked == ["metadata --refresh path:/f", "eval path:/f?locked=1#lib"]
 
 
 def test_a_dotted_package_name_is_one_quoted_attribute(tmp_path: Path) -> None:
@@ -208,7 +227,7 @@ def test_the_planned_lock_is_what_gets_built_and_one_deadline_spans_the_phase(tm
     clock = Clock()
     nix = FakeNix({"hello.image": str(archive)})
     builder, _ = make_builder(nix, tmp_path, clock)
-    plan = run(builder.plan(target_for("hello"), "path:/f", "latest"))
+    plan = run(plan_for(builder, "hello", "path:/f", "latest"))
     assert (plan.locked, plan.has_image) == ("path:/f?locked=1", True)
     clock.advance(50)  # waiting for a build slot does not count against the build
     run(builder.build(plan))
@@ -216,21 +235,28 @@ def test_the_planned_lock_is_what_gets_built_and_one_deadline_spans_the_phase(tm
 
 
 def test_no_time_left_is_a_timeout(tmp_path: Path) -> None:
-    class SlowMetadataNix(FakeNix):
-        def metadata(self, flake_ref: str, timeout: float | None = None,
-                     refresh: bool = False) -> Deferred[dict[str, object]]:
+    # The image's build uses up the deadline: the package it wraps (for the SBOM) has no time left.
+    class SlowBuildNix(FakeNix):
+        def build(self, installable: str, timeout: float | None = None, out_link: str | None = None,
+                  lines: LineSink = None) -> Deferred[list[str]]:
             clock.advance(61)
-            return super().metadata(flake_ref, timeout, refresh)
+            return super().build(installable, timeout, out_link, lines)
 
     clock = Clock()
-    builder, _ = make_builder(SlowMetadataNix({}), tmp_path, clock)
-    assert run(builder.plan(target_for("hello"), "path:/f", "latest")).check(BuildTimedOut)
+    archive = write_archive(tmp_path / "image.tar.gz")
+    nix = SlowBuildNix({"hello.image": str(archive)})
+    builder, _ = make_builder(nix, tmp_path, clock)
+    assert run(plan_and_build(builder, "hello", "path:/f", "latest")).check(BuildTimedOut)
+    assert [ask for ask in nix.asked if ask.startswith("build")] == ["build path:/f?locked=1#hello.image"]
 
 
 def test_the_source_label_names_the_flake_without_credentials_query_or_host_path() -> None:
-    labels = _labels(target_for("hello"), "git+https://user:token@git.example/o/r?ref=main&access_token=x", {})
+    def lock(flake_ref: str) -> FlakeLock:
+        return FlakeLock(flake_ref, flake_ref, None, {}, 0.0)
+
+    labels = _labels(target_for("hello"), lock("git+https://user:token@git.example/o/r?ref=main&access_token=x"))
     assert labels["org.opencontainers.image.source"] == "git+https://<credentials>@git.example/o/r"
-    assert _labels(target_for("hello"), "github:o/r/v1", {})["org.opencontainers.image.source"] == "github:o/r/v1"
+    assert _labels(target_for("hello"), lock("github:o/r/v1"))["org.opencontainers.image.source"] == "github:o/r/v1"
 
 
 def test_each_output_is_held_by_a_gc_root_until_the_image_and_its_record_are_stored(tmp_path: Path) -> None:
@@ -244,7 +270,7 @@ def test_each_output_is_held_by_a_gc_root_until_the_image_and_its_record_are_sto
         assert store.size(manifests.oci.digest) is not None
         held_while_recording.append(roots.held())
 
-    plan = run(builder.plan(target_for("hello"), "path:/f", "latest"))
+    plan = run(plan_for(builder, "hello", "path:/f", "latest"))
     run(builder.build(plan, record))
     links = nix.out_links  # the image, and the package it wraps (read for the SBOM)
     assert len(links) == 2 and all(link is not None and os.path.dirname(link) == roots.directory for link in links)
@@ -264,16 +290,34 @@ def test_gc_roots_are_dropped_when_the_build_fails_after_nix(tmp_path: Path, bre
     async def record(manifests: Any) -> None:
         raise BuildFailed("the index is full")
 
-    plan = run(builder.plan(target_for("hello"), "path:/f", "latest"))
+    plan = run(plan_for(builder, "hello", "path:/f", "latest"))
     assert run(builder.build(plan, record)).check(BuildFailed)
     assert nix.out_links[0] is not None
     assert roots.held() == []
 
 
 def test_a_re_resolve_asks_nix_to_refresh_the_flake(tmp_path: Path) -> None:
+    # A moving tag is always locked with --refresh (so tarball-ttl can't hide a moved branch), once per
+    # refresh interval or after expire(): planning twice meanwhile asks Nix once.
     nix = FakeNix({})
     builder, _ = make_builder(nix, tmp_path)
-    run(builder.plan(target_for("hello"), "github:o/r/main", "main"))
-    run(builder.plan(target_for("hello"), "github:o/r/main", "main", refresh=True))
+    locks = locks_for(builder, "github:o/r")
+    planner = Planner(nix, builder.clock, builder.timeout)
+    for _ in range(2):
+        run(planner.plan(target_for("hello"), run(locks.lock("main")), "main"))
+    locks.expire()
+    run(planner.plan(target_for("hello"), run(locks.lock("main")), "main"))
     assert [ask for ask in nix.asked if ask.startswith("metadata")] == [
-        "metadata github:o/r/main", "metadata --refresh github:o/r/main"]
+        "metadata --refresh github:o/r/main", "metadata --refresh github:o/r/main"]
+    assert nix.asked.count("eval github:o/r/main?locked=1#hello") == 3
+
+
+def test_the_build_lines_go_to_the_sink_the_caller_passes(tmp_path: Path) -> None:
+    archive = write_archive(tmp_path / "image.tar.gz")
+    builder, _ = make_builder(FakeNix({"hello.image": str(archive)}), tmp_path)
+    plan = run(plan_for(builder, "hello", "path:/f", "latest"))
+    lines: list[str] = []
+    run(builder.build(plan, lines=lines.append))
+    assert lines == ["building path:/f?locked=1#hello.image", "building path:/f?locked=1#hello"]
+    run(builder.build(plan))  # no sink: nothing to tell
+    assert len(lines) == 2

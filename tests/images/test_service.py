@@ -7,93 +7,20 @@ from typing import Any
 
 import pytest
 from twisted.internet.defer import CancelledError, Deferred, maybeDeferred
-from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from nixforge.errors import BlobUnknown, BuildFailed, ManifestUnknown, NameUnknown, StoreFull, TooManyBuilds
-from nixforge.images.builder import BuildPlan
 from nixforge.images.interfaces import IImageService
 from nixforge.images.policy import AccessPolicy
-from nixforge.images.service import ImageService
-from nixforge.images.targets import BuildTarget
-from nixforge.oci.documents import ImageManifests, build_manifests
-from nixforge.oci.layer_writer import LayerWriter
+from nixforge.nix.client import NixAttributeMissing
+from nixforge.oci.documents import ImageManifests
 from nixforge.store.interfaces import IStoreKeeper
 from nixforge.store.locked_revisions import MemoryLockedRevisions
-from nixforge.store.memory import MemoryBlobStore
 from nixforge.store.tag_index import MemoryTagIndex
 
-
-class FakeBuilder:
-    """Plans at once (locking to `revision`); each build waits until the test releases it."""
-
-    def __init__(self, store: MemoryBlobStore) -> None:
-        self.store = store
-        self.calls: list[tuple[str, str, str]] = []
-        self.plans: list[BuildPlan] = []
-        self.pending: list[Deferred[None]] = []
-        self.fail_with: Exception | None = None
-        self.plan_fails_with: Exception | None = None
-        self.revision = 1
-        self.refreshed: list[bool] = []
-
-    async def plan(self, target: BuildTarget, flake_ref: str, tag: str, refresh: bool = False) -> BuildPlan:
-        self.refreshed.append(refresh)
-        self.plans.append(BuildPlan(target, tag, flake_ref, f"{flake_ref}?rev={self.revision}", {},
-                                    revision=revision_hash(self.revision)))
-        if self.plan_fails_with is not None:
-            raise self.plan_fails_with
-        return self.plans[-1]
-
-    async def build(self, plan: BuildPlan, stored: Any = None) -> ImageManifests:
-        self.calls.append((plan.target.name, plan.flake_ref, plan.tag))
-        gate: Deferred[None] = Deferred()
-        self.pending.append(gate)
-        await gate
-        if self.fail_with is not None:
-            raise self.fail_with
-        writer = LayerWriter(self.store)
-        writer.write(f"{plan.locked}:{plan.target.name}:{len(self.calls)}".encode())
-        layer = writer.close()
-        config_digest, config_size = self.store.put(b'{"rootfs":{}}')
-        manifests = build_manifests(config_digest, config_size, [layer])
-        self.store.put(manifests.oci.body)
-        self.store.put(manifests.docker.body)
-        if stored is not None:
-            await stored(manifests)
-        return manifests
-
-    def release(self) -> None:
-        while self.pending:
-            self.pending.pop(0).callback(None)
-
-
-def revision_hash(revision: int) -> str:
-    """The 40-hex git revision the fake builder locks to for its revision number."""
-    return f"{revision:040x}"
-
-
-def make_service(**overrides: Any) -> tuple[ImageService, FakeBuilder, Clock]:
-    clock = Clock()
-    store = MemoryBlobStore()
-    builder = FakeBuilder(store)
-    settings: dict[str, Any] = {
-        "reactor": clock, "builder": builder, "store": store, "index": MemoryTagIndex(),
-        "run_in_thread": lambda f, *a: maybeDeferred(f, *a), "flake": "github:o/r",
-        "policy": AccessPolicy(flake="github:o/r", revisions=MemoryLockedRevisions()),
-        "refresh_interval": 300.0, "max_builds": 2, "max_queued_builds": 2, "cache_size": 4,
-    }
-    settings.update(overrides)
-    return ImageService(**settings), builder, clock
-
-
-def result_of(deferred: Deferred[Any]) -> Any:
-    results: list[Any] = []
-    deferred.addBoth(results.append)
-    assert results, "Deferred has not fired"
-    return results[0]
+from .fakes import make_service, policy, result_of, revision_hash
 
 
 def test_provides_the_interface() -> None:
@@ -201,7 +128,7 @@ def test_a_name_found_missing_while_building_is_remembered_too() -> None:
     for _ in range(3):
         assert result_of(service.resolve_tag("applications/app/nope", "latest")).check(NameUnknown)
     assert len(builder.calls) == 1
-    assert len(builder.plans) == 1
+    assert len(builder.probes) == 1
 
 
 def test_queue_limit_gives_too_many_builds() -> None:
@@ -220,12 +147,13 @@ def test_unknown_names_and_digests() -> None:
     assert result_of(service.resolve_tag("library/hello", "latest")).check(NameUnknown)
     assert result_of(service.manifest_by_digest("hello", "sha256:" + "0" * 64)).check(ManifestUnknown)
     assert result_of(service.blob("hello", "sha256:" + "0" * 64)).check(BlobUnknown)
-    assert result_of(service.tags("hello")).check(NameUnknown)
-    assert builder.calls == []
+    assert result_of(service.tags("nosuch")).check(NameUnknown)  # neither built nor in the catalog
+    assert result_of(service.tags("hello")) == ["latest"]  # not built yet, but the catalog offers it
+    assert builder.calls == [] and builder.probes == []
 
 
 def test_blobs_tags_and_repositories_after_a_build() -> None:
-    service, builder, _ = make_service()
+    service, builder, _ = make_service(catalog={"hello": None})
     service.resolve_tag("hello", "latest")
     builder.release()
     manifests = result_of(service.resolve_tag("hello", "latest"))
@@ -269,41 +197,49 @@ def test_a_refresh_with_an_unchanged_lock_does_not_rebuild() -> None:
     before = service.index.get("hello", "latest")
     clock.advance(301)
     result_of(service.resolve_tag("hello", "latest"))
-    assert len(builder.plans) == 2 and len(builder.calls) == 1
+    assert len(builder.probes) == 2 and len(builder.calls) == 1
     after = service.index.get("hello", "latest")
     assert after.oci_digest == before.oci_digest and after.built_at == 301
     clock.advance(100)
     result_of(service.resolve_tag("hello", "latest"))
-    assert len(builder.plans) == 2  # fresh again: not even planned
+    assert len(builder.probes) == 2  # fresh again: not even planned
+    assert builder.locks == ["--refresh github:o/r"] * 2  # latest moves: locked again, with --refresh
 
 
 def test_missing_names_are_remembered_briefly() -> None:
+    # The catalog lists `tool`, but its probe finds no such attribute (say, `packages` moved on).
     service, builder, clock = make_service()
-    builder.plan_fails_with = NameUnknown("the flake has no such package")
+    builder.probe_fails_with = NixAttributeMissing("flake 'github:o/r' does not provide attribute 'tool'")
     for _ in range(3):
-        assert result_of(service.resolve_tag("nosuch", "latest")).check(NameUnknown)
-    assert len(builder.plans) == 1
+        assert result_of(service.resolve_tag("tool", "latest")).check(NameUnknown)
+    assert len(builder.probes) == 1
     clock.advance(31)
-    assert result_of(service.resolve_tag("nosuch", "latest")).check(NameUnknown)
-    assert len(builder.plans) == 2
+    assert result_of(service.resolve_tag("tool", "latest")).check(NameUnknown)
+    assert len(builder.probes) == 2
     assert builder.calls == []
+
+
+def test_names_the_catalog_does_not_list_are_unknown_without_a_probe() -> None:
+    service, builder, _ = make_service()
+    for name in ("made-up", "packages/nosuch", "applications/nosuch/web", "x1", "x2"):
+        failure = result_of(service.resolve_tag(name, "latest"))
+        assert failure.check(NameUnknown) and failure.value.detail == {"name": name}
+    assert builder.probes == [] and builder.calls == []
+    assert builder.locks == ["--refresh github:o/r"]  # one lock for every name
+    assert builder.catalog_evals == ["github:o/r?rev=1#packages.x86_64-linux"]  # one eval for the revision
 
 
 def test_probes_do_not_hold_build_slots() -> None:
     service, builder, _ = make_service(max_builds=1, max_queued_builds=1)
     service.resolve_tag("a", "latest")  # holds the only build slot
-    builder.plan_fails_with = NameUnknown("no such package")
-    for name in ["x1", "x2", "x3"]:
+    builder.probe_fails_with = NixAttributeMissing("flake does not provide attribute")
+    for name in ["b", "c", "hello"]:
         assert result_of(service.resolve_tag(name, "latest")).check(NameUnknown)
     assert [call[0] for call in builder.calls] == ["a"]
     builder.release()
 
 
 # -- the access policy: asked before anything is planned ---------------------------------------
-
-
-def policy(**settings: Any) -> AccessPolicy:
-    return AccessPolicy(flake="github:o/r", revisions=MemoryLockedRevisions(), **settings)
 
 
 def test_a_name_outside_the_package_globs_is_unknown_on_every_route_and_never_planned() -> None:
@@ -316,7 +252,8 @@ def test_a_name_outside_the_package_globs_is_unknown_on_every_route_and_never_pl
         assert result_of(service.manifest_by_digest(name, "sha256:" + "0" * 64)).check(NameUnknown)
         assert result_of(service.blob(name, "sha256:" + "0" * 64)).check(NameUnknown)
         assert result_of(service.tags(name)).check(NameUnknown)
-    assert [plan.target.name for plan in builder.plans] == ["tool-a"]
+    assert builder.probes == ["github:o/r?rev=1#tool-a"]
+    assert builder.locks == ["--refresh github:o/r"]  # refused names are not even locked
 
 
 def test_a_name_refused_later_is_no_longer_served_from_the_index_nor_listed() -> None:
@@ -331,7 +268,7 @@ def test_a_name_refused_later_is_no_longer_served_from_the_index_nor_listed() ->
     assert result_of(service.manifest_by_digest("secret", record.oci_digest)).check(NameUnknown)
     assert result_of(service.blob("secret", layer)).check(NameUnknown)
     assert result_of(service.repositories()) == ["hello"]
-    assert len(builder.plans) == 2
+    assert len(builder.probes) == 2
 
 
 def test_packages_and_bare_names_are_one_image_for_the_globs() -> None:
@@ -350,7 +287,7 @@ def test_a_branch_outside_the_ref_globs_is_refused_with_the_setting_and_never_pl
     assert failure.value.detail == {"tag": "feature-x", "refused_by": "NIXFORGE_REFS",
                                     "reason": "this branch or git tag is not one the registry serves"}
     assert result_of(service.resolve_tag("hello", "V1.0")).check(ManifestUnknown)  # globs are case-sensitive
-    assert [plan.tag for plan in builder.plans] == ["v1.0"]
+    assert builder.probes == ["github:o/r/v1.0?rev=1#hello"]
 
 
 def test_latest_is_served_whatever_the_ref_globs_say() -> None:
@@ -365,7 +302,7 @@ def test_known_commit_tags_are_those_latest_or_an_allowed_branch_locked_for_any_
     first = revision_hash(1)
     refused = result_of(service.resolve_tag("hello", first))
     assert refused.check(ManifestUnknown) and refused.value.detail["refused_by"] == "NIXFORGE_COMMIT_TAGS"
-    assert builder.plans == []
+    assert builder.probes == []
     service.resolve_tag("tool-a", "latest")  # locks the flake at revision 1
     builder.release()
     builder.revision = 2
@@ -386,7 +323,7 @@ def test_a_commit_locked_only_by_a_branch_no_longer_allowed_is_refused() -> None
     assert result_of(service.resolve_tag("hello", revision_hash(7))).check(ManifestUnknown)
     service.policy = AccessPolicy("github:o/r", revisions, refs=("feat*",))
     service.resolve_tag("hello", revision_hash(7))
-    assert len(builder.plans) == 1
+    assert len(builder.probes) == 1
 
 
 def test_revisions_of_another_flake_are_not_known() -> None:
@@ -394,7 +331,7 @@ def test_revisions_of_another_flake_are_not_known() -> None:
     revisions.record("github:other/repo", revision_hash(1), "latest")
     service, builder, _ = make_service(policy=AccessPolicy("github:o/r", revisions))
     assert result_of(service.resolve_tag("hello", revision_hash(1))).check(ManifestUnknown)
-    assert builder.plans == []
+    assert builder.probes == [] and builder.locks == []
 
 
 def test_a_pulled_commit_tag_is_not_recorded_as_known() -> None:
@@ -415,7 +352,7 @@ def test_commit_tags_none_refuses_even_a_known_revision() -> None:
     service, builder, _ = make_service(policy=AccessPolicy("github:o/r", revisions, commit_tags="none"))
     failure = result_of(service.resolve_tag("hello", revision_hash(1)))
     assert failure.check(ManifestUnknown) and "NIXFORGE_COMMIT_TAGS=none" in failure.value.detail["reason"]
-    assert builder.plans == []
+    assert builder.probes == []
 
 
 @implementer(IStoreKeeper)
@@ -456,8 +393,7 @@ def test_a_build_holds_a_lease_until_its_record_is_indexed_then_asks_for_gc() ->
     result_of(service.resolve_tag("hello", "latest"))
     result_of(service.manifest_by_digest("hello", record.docker_digest))
     assert keeper.events == [("pulled", "hello", "latest"), ("pulled", "hello", "latest")]
-    builder.plan_fails_with = NameUnknown("no such package")
-    assert result_of(service.resolve_tag("made-up", "latest")).check(NameUnknown)
+    assert result_of(service.resolve_tag("made-up", "latest")).check(NameUnknown)  # not in the catalog
     assert ("pulled", "made-up", "latest") not in keeper.events
 
 
@@ -498,7 +434,7 @@ def test_an_unchanged_refresh_does_not_bring_back_a_record_gc_evicted() -> None:
     builder.release()
     clock.advance(301)
     result_of(service.resolve_tag("hello", "latest"))  # stale: refresh in the background
-    assert len(builder.plans) == 2 and len(builder.calls) == 2
+    assert len(builder.probes) == 2 and len(builder.calls) == 2
     assert index.get("hello", "latest") is None
     builder.release()
     assert index.get("hello", "latest") is not None
@@ -532,3 +468,16 @@ def test_an_evicted_tag_is_read_from_the_store_again() -> None:
     record = service.index.get("a", "latest")
     assert result_of(service.resolve_tag("a", "latest")).oci.digest == record.oci_digest
     assert sorted(reads) == sorted([record.oci_digest, record.docker_digest])
+
+
+def test_what_the_metrics_read() -> None:
+    service, builder, _ = make_service(max_builds=1, max_queued_builds=2)
+    service.resolve_tag("a", "latest")
+    service.resolve_tag("b", "latest")
+    assert (service.builds_running, service.builds_queued) == (1, 1)
+    builder.release()
+    builder.release()
+    assert (service.builds_running, service.builds_queued) == (0, 0)
+    hits = service.manifest_cache_hits
+    result_of(service.resolve_tag("a", "latest"))  # both manifests from memory
+    assert service.manifest_cache_hits > hits

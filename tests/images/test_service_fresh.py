@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from twisted.internet.defer import Deferred
 
 from nixforge.errors import BuildFailed, BuildTimedOut, NameUnknown, TooManyBuilds
-from nixforge.images.catalog import FlakeCatalog, catalog_names
+from nixforge.images.catalog import catalog_from
 from nixforge.images.interfaces import IImageService
+from nixforge.nix.client import NixAttributeMissing
 
-from .test_service import make_service, policy, result_of
+from .fakes import make_service, policy, result_of
 
 BROKEN = BuildFailed("nix build failed", {"error": "builder for 'broken.drv' failed", "log": ["deliberate"]})
 
@@ -28,9 +30,34 @@ def test_three_pulls_of_a_broken_package_are_one_build_with_the_same_error() -> 
     service, builder, _ = make_service()
     builder.fail_with = BROKEN
     failures = [pull_broken(service, builder) for _ in range(3)]
-    assert len(builder.calls) == 1 and len(builder.plans) == 1
+    assert len(builder.calls) == 1 and len(builder.probes) == 1
     assert all(failure.check(BuildFailed) for failure in failures)
     assert {(f.value.message, repr(f.value.detail)) for f in failures} == {(BROKEN.message, repr(BROKEN.detail))}
+
+
+def traceback_depth(error: BaseException) -> int:
+    depth, frame = 0, error.__traceback__
+    while frame is not None:
+        depth, frame = depth + 1, frame.tb_next
+    return depth
+
+
+@pytest.mark.parametrize("remembered", ["failure", "missing"])
+def test_a_remembered_error_is_raised_as_a_fresh_copy_whose_traceback_does_not_grow(remembered: str) -> None:
+    # Raising the kept error itself would add every pull's frames to its traceback (and keep them alive).
+    service, builder, _ = make_service()
+    if remembered == "failure":
+        builder.fail_with = BROKEN
+    else:
+        builder.probe_fails_with = NixAttributeMissing("flake does not provide attribute 'broken'")
+    pull_broken(service, builder)
+    again, depths = [], []
+    for _ in range(5):
+        again.append(pull_broken(service, builder).value)
+        depths.append(traceback_depth(again[-1]))  # as each pull gets it
+    assert depths == [depths[0]] * 5
+    assert len({(type(error), error.message, repr(error.detail)) for error in again}) == 1
+    assert len(builder.calls) == (1 if remembered == "failure" else 0) and len(builder.probes) == 1
 
 
 def test_a_remembered_failure_expires_after_its_ttl() -> None:
@@ -94,12 +121,13 @@ def test_a_refresh_of_another_name_keeps_the_failure() -> None:
 
 
 def test_the_tag_seen_at_a_new_revision_retries_at_once() -> None:
-    service, builder, _ = make_service()
+    service, builder, clock = make_service(failure_ttl=600.0)
     builder.fail_with = BROKEN
     pull_broken(service, builder)
     builder.revision = 2
     builder.fail_with = None
-    pull_broken(service, builder, "hello")  # another package's plan locks latest at revision 2
+    clock.advance(301)  # latest's lock is one refresh interval old (the failure is still remembered)
+    pull_broken(service, builder, "hello")  # another package's pull locks latest again: revision 2
     assert pull_broken(service, builder).oci.digest
     assert [call[0] for call in builder.calls] == ["broken", "hello", "broken"]
 
@@ -107,15 +135,16 @@ def test_the_tag_seen_at_a_new_revision_retries_at_once() -> None:
 # -- freshness -----------------------------------------------------------------------------------
 
 
-def test_only_a_re_resolve_of_a_moving_tag_refreshes_the_flake() -> None:
+def test_moving_tags_lock_with_refresh_once_per_interval_and_commit_tags_without() -> None:
     service, builder, clock = make_service(policy=policy(commit_tags="any"))
     pull_broken(service, builder, "hello", "main")
     clock.advance(301)
     result_of(service.resolve_tag("hello", "main"))  # stale: re-resolved in the background
     builder.release()
-    pull_broken(service, builder, "tool", "main")  # first pull of tool, but main was locked before
+    pull_broken(service, builder, "tool", "main")  # first pull of tool, but main was locked this interval
     pull_broken(service, builder, "tool", "f" * 40)
-    assert builder.refreshed == [False, True, True, False]
+    assert builder.refreshed == [True, True, False]
+    assert builder.locks == ["--refresh github:o/r/main", "--refresh github:o/r/main", "github:o/r/" + "f" * 40]
 
 
 def test_the_webhook_refresh_re_resolves_moving_tags_and_a_pull_does_not_wait_for_it() -> None:
@@ -145,9 +174,9 @@ def test_a_refresh_during_a_running_build_runs_once_more_after_it() -> None:
     service.refresh("hello")
     builder.release()
     assert len(builder.calls) == 3  # one more plan and build, at revision 3: the push is not lost
-    assert builder.plans[-1].locked.endswith("rev=3")
+    assert builder.probes[-1] == "github:o/r?rev=3#hello"
     builder.release()
-    assert len(builder.calls) == 3 and len(builder.plans) == 3
+    assert len(builder.calls) == 3 and len(builder.probes) == 3
 
 
 def test_a_refresh_of_a_refused_name_is_name_unknown() -> None:
@@ -163,84 +192,64 @@ def test_a_refresh_of_a_refused_name_is_name_unknown() -> None:
 # -- the catalog ---------------------------------------------------------------------------------
 
 
-class FakeNix:
-    """metadata locks to `revision`; eval answers `packages` (or fails), each call recorded."""
-
-    def __init__(self) -> None:
-        self.revision = 1
-        self.packages: dict[str, Any] = {"hello": None, "tool-a": None, "pkgs.greeter": None,
-                                         "app1": ["web.tar.gz", "db.tar.gz", "compose.yaml"], "Bad_Name": None}
-        self.eval_error: Exception | None = None
-        self.asked: list[str] = []
-        self.gate: Deferred[None] | None = None
-
-    async def metadata(self, flake_ref: str, timeout: float | None = None, refresh: bool = False) -> dict:
-        self.asked.append("metadata" + (" --refresh" if refresh else ""))
-        return {"url": f"{flake_ref}?rev={self.revision}"}
-
-    async def eval_json(self, installable: str, apply: str | None = None, timeout: float | None = None) -> Any:
-        self.asked.append("eval " + installable)
-        if self.gate is not None:
-            await self.gate
-        if self.eval_error is not None:
-            raise self.eval_error
-        return self.packages
-
-
-def catalog_service(**overrides: Any) -> tuple[Any, Any, FakeNix, Any]:
-    nix = FakeNix()
-    service, builder, clock = make_service(catalog=FlakeCatalog(nix, "x86_64-linux"), **overrides)
-    return service, builder, nix, clock
+# What the flake offers in these tests: packages, an application with entries, names no pull could use.
+PACKAGES: dict[str, Any] = {"hello": None, "tool-a": None, "pkgs.greeter": None,
+                            "app1": ["web.tar.gz", "db.tar.gz", "compose.yaml"], "Bad_Name": None}
+EVAL_AT = "github:o/r?rev={}#packages.x86_64-linux"
 
 
 def test_catalog_names_keep_only_pullable_names_and_application_images() -> None:
-    assert catalog_names(FakeNix().packages) == [
+    assert catalog_from("path:/f", PACKAGES).names() == [
         "app1", "applications/app1/db", "applications/app1/web", "hello", "pkgs.greeter", "tool-a"]
-    assert catalog_names({"packages": None, "x": ["../evil.tar.gz", "UP.tar.gz"]}) == ["x"]
+    assert catalog_from("path:/f", {"packages": None, "x": ["../evil.tar.gz", "UP.tar.gz"]}).names() == ["x"]
 
 
 def test_the_catalog_is_one_eval_per_lock_merged_with_what_was_built() -> None:
-    service, builder, nix, clock = catalog_service()
-    pull_broken(service, builder, "packages/tool-b")
+    service, builder, clock = make_service(catalog=PACKAGES)
+    pull_broken(service, builder, "packages/tool-a")
     listed = result_of(service.repositories())
-    assert listed == ["app1", "applications/app1/db", "applications/app1/web", "hello", "packages/tool-b",
+    assert listed == ["app1", "applications/app1/db", "applications/app1/web", "hello", "packages/tool-a",
                       "pkgs.greeter", "tool-a"]
-    assert nix.asked == ["eval github:o/r?rev=1#packages.x86_64-linux"]  # latest's lock from the build's plan
+    assert builder.catalog_evals == [EVAL_AT.format(1)]  # at latest's lock, from the build
+    assert builder.locks == ["--refresh github:o/r"]  # the listing used that lock too
     result_of(service.repositories())
-    assert len([ask for ask in nix.asked if ask.startswith("eval")]) == 1
-    clock.advance(301)  # the lock is old: asked again (refreshed), same revision → no new eval
+    assert len(builder.catalog_evals) == 1
+    clock.advance(301)  # the lock is old: locked again (refreshed), same revision → no new eval
     result_of(service.repositories())
-    assert nix.asked[1:] == ["metadata --refresh"]
-    service.refresh(None)  # a push: the lock is asked again; it moved, so the catalog is evaluated again
-    nix.revision = 2
-    nix.packages = {"hello": None, "new-tool": None}
-    assert "new-tool" in result_of(service.repositories())
-    assert nix.asked[2:] == ["metadata --refresh", "eval github:o/r?rev=2#packages.x86_64-linux"]
+    assert builder.locks[1:] == ["--refresh github:o/r"] and len(builder.catalog_evals) == 1
+    builder.revision = 2  # a push, then the webhook: latest is locked again, it moved, the catalog is evaluated
+    builder.catalog = {"hello": None, "new-tool": None}
+    service.refresh(None)
+    assert result_of(service.repositories()) == ["hello", "new-tool", "packages/tool-a"]
+    assert builder.locks[2:] == ["--refresh github:o/r"]
+    assert builder.catalog_evals == [EVAL_AT.format(1), EVAL_AT.format(2)]
 
 
 def test_the_catalog_is_filtered_by_the_package_policy() -> None:
-    service, _, _, _ = catalog_service(policy=policy(packages=("hello", "applications/app1/web")))
+    service, _, _ = make_service(catalog=PACKAGES, policy=policy(packages=("hello", "applications/app1/web")))
     assert result_of(service.repositories()) == ["applications/app1/web", "hello"]
 
 
 def test_a_failing_catalog_evaluation_lists_what_was_built() -> None:
-    service, builder, nix, _ = catalog_service()
+    # Without a catalog, a pull asks Nix about its name itself (one probe) and builds.
+    service, builder, _ = make_service(catalog=None)
     pull_broken(service, builder, "hello")
-    nix.eval_error = BuildFailed("nix eval failed", {"error": "error: flake has no packages"})
+    assert builder.probes == ["github:o/r?rev=1#hello"]
     assert result_of(service.repositories()) == ["hello"]
+    assert builder.catalog_evals == [EVAL_AT.format(1)]  # not asked again within 30 s
 
 
 def test_concurrent_listings_share_one_evaluation() -> None:
-    service, _, nix, _ = catalog_service()
-    nix.gate = Deferred()
+    service, builder, _ = make_service(catalog=PACKAGES)
+    builder.catalog_gate = Deferred()
     listings = [service.repositories() for _ in range(3)]
-    nix.gate.callback(None)
-    assert {tuple(result_of(listing)) for listing in listings} == {tuple(catalog_names(nix.packages))}
-    assert nix.asked == ["metadata", "eval github:o/r?rev=1#packages.x86_64-linux"]
+    builder.catalog_gate.callback(None)
+    assert {tuple(result_of(listing)) for listing in listings} == {tuple(catalog_from("x", PACKAGES).names())}
+    assert builder.locks == ["--refresh github:o/r"] and builder.catalog_evals == [EVAL_AT.format(1)]
 
 
 def test_tags_list_is_latest_plus_what_was_served_and_latest_for_a_catalog_name() -> None:
-    service, builder, _, _ = catalog_service()
+    service, builder, _ = make_service(catalog=PACKAGES)
     pull_broken(service, builder, "hello", "main")
     assert result_of(service.tags("hello")) == ["latest", "main"]
     assert result_of(service.tags("tool-a")) == ["latest"]
@@ -251,5 +260,5 @@ def test_tags_list_is_latest_plus_what_was_served_and_latest_for_a_catalog_name(
 def test_the_service_still_provides_the_interface() -> None:
     from zope.interface.verify import verifyObject
 
-    service, _, _, _ = catalog_service()
+    service, _, _ = make_service(catalog=PACKAGES)
     assert verifyObject(IImageService, service)

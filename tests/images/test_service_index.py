@@ -6,33 +6,25 @@ from pathlib import Path
 from typing import Any
 
 from attrs import evolve
-from twisted.internet.defer import maybeDeferred
-from twisted.internet.task import Clock
 
 from nixforge.errors import NameUnknown
-from nixforge.images.builder import BuildPlan
-from nixforge.images.policy import AccessPolicy
 from nixforge.images.service import ImageService
-from nixforge.images.targets import BuildTarget
 from nixforge.oci.documents import ImageManifests, build_manifests
 from nixforge.oci.image_index import build_index, platform_for
 from nixforge.oci.layer_writer import LayerWriter
 from nixforge.oci.referrers import EMPTY_CONFIG, sbom_artifact, subject_digest
 from nixforge.store.filesystem import FilesystemBlobStore
-from nixforge.store.locked_revisions import MemoryLockedRevisions
 from nixforge.store.tag_index import FilesystemTagIndex
-from tests.images.test_service import result_of
+
+from .fakes import FakeNix, make_forge, policy, result_of
 
 
-class IndexBuilder:
+class IndexBuilder(FakeNix):
     """Builds, at once, an index of two images (each with an SBOM artifact per form)."""
 
     def __init__(self, store: FilesystemBlobStore) -> None:
-        self.store = store
+        super().__init__(store)
         self.builds = 0
-
-    async def plan(self, target: BuildTarget, flake_ref: str, tag: str, refresh: bool = False) -> BuildPlan:
-        return BuildPlan(target, tag, flake_ref, flake_ref + "?locked", {})
 
     def _image(self, name: str) -> ImageManifests:
         writer = LayerWriter(self.store)
@@ -48,7 +40,7 @@ class IndexBuilder:
             self.store.put(document.body)
         return image
 
-    async def build(self, plan: Any, stored: Any = None) -> ImageManifests:
+    async def build(self, plan: Any, stored: Any = None, lines: Any = None) -> ImageManifests:
         self.builds += 1
         members = [(platform_for("x86_64-linux"), self._image("amd64")),
                    (platform_for("aarch64-linux"), self._image("arm64"))]
@@ -61,15 +53,10 @@ class IndexBuilder:
 
 
 def make(tmp_path: Path) -> tuple[ImageService, IndexBuilder]:
-    store = FilesystemBlobStore(str(tmp_path))
-    builder = IndexBuilder(store)
-    service = ImageService(
-        reactor=Clock(), builder=builder, store=store, index=FilesystemTagIndex(str(tmp_path)),
-        run_in_thread=lambda f, *a: maybeDeferred(f, *a), flake="github:o/r",
-        policy=AccessPolicy(flake="github:o/r", revisions=MemoryLockedRevisions(), packages=("hello",)),
-        host_platform=platform_for("x86_64-linux"),
-    )
-    return service, builder
+    builder = IndexBuilder(FilesystemBlobStore(str(tmp_path)))
+    forge = make_forge(builder, index=FilesystemTagIndex(str(tmp_path)), policy=policy(packages=("hello",)),
+                       host_platform=platform_for("x86_64-linux"))
+    return forge.service, builder
 
 
 def test_an_index_tag_survives_a_restart_with_its_members_and_referrers(tmp_path: Path) -> None:

@@ -38,7 +38,7 @@ class Inner:
         self.manifests = manifests
         self.calls: list[tuple[str, ...]] = []
 
-    def resolve_tag(self, name: str, tag: str) -> Deferred[ImageManifests]:
+    def resolve_tag(self, name: str, tag: str, on_build: object = None) -> Deferred[ImageManifests]:
         self.calls.append(("resolve_tag", name, tag))
         return succeed(self.manifests) if (name, tag) == ("web", "latest") else fail(NameUnknown("no", {}))
 

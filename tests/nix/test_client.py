@@ -255,3 +255,25 @@ def test_spawn_failure_is_a_nix_error(client: NixClient, fake_reactor: FakeProce
 def test_defaults() -> None:
     client = NixClient(FakeProcessReactor())
     assert (client.nix_binary, client.options, client.timeout, client.log_tail_lines) == ("nix", (), 600.0, 40)
+
+
+def test_each_command_tells_its_own_log_lines_to_its_own_sink(
+    client: NixClient, fake_reactor: FakeProcessReactor
+) -> None:
+    first: list[str] = []
+    second: list[str] = []
+    built = client.build("path:/f#hello", lines=first.append)
+    locked = client.metadata("path:/f", lines=second.append)
+    quiet = client.eval_json("path:/f#hello")  # no sink: its lines only reach the log
+    build_process, metadata_process, eval_process = fake_reactor.processes
+    build_process.stderr(build_line("compiling hello"))
+    metadata_process.stderr(msg("fetching path input 'path:/f'"))
+    eval_process.stderr(build_line("evaluating"))
+    build_process.stderr(build_line("linking hello"))
+    assert first == ["compiling hello", "linking hello"]
+    assert second == ["fetching path input 'path:/f'"]
+    for process, out in ((build_process, json.dumps([{"outputs": {"out": OUT}}])),
+                         (metadata_process, '{"url": "path:/f?narHash=x"}'), (eval_process, "1")):
+        process.stdout(out.encode())
+        process.exit(0)
+    assert outcome(built) == [OUT] and outcome(locked) == {"url": "path:/f?narHash=x"} and outcome(quiet) == 1
