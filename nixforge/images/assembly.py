@@ -14,6 +14,7 @@ from nixforge.images.builder import ImageBuilder
 from nixforge.images.catalog import FlakeCatalog
 from nixforge.images.failure_memory import FailureMemory
 from nixforge.images.flake_locks import FlakeLock, FlakeLocks
+from nixforge.images.freshness import Freshness
 from nixforge.images.planner import Planner
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.prebuild import Prebuilder
@@ -71,12 +72,13 @@ def assemble_images(settings: ImagesSettings, reactor: Any, nix: Any, builder: I
     builds = TagBuilds(clock=reactor, builder=systems, locks=locks, index=index, images=stored,
                        run_in_thread=run_in_thread, slots=BuildSlots(settings.max_builds, settings.max_queued_builds),
                        catalog=catalog, keeper=keeper, observer=observer,
-                       failures=FailureMemory(settings.failure_ttl), refresh_interval=settings.refresh_interval)
+                       failures=FailureMemory(settings.failure_ttl))
     prebuilder = None
     if settings.prebuild:
         prebuilder = Prebuilder(settings.prebuild, catalog, builds, policy)
         locks.listeners.append(prebuilder.locked)
+    freshness = Freshness(reactor, builds, index, policy, settings.refresh_interval,
+                          on_refresh=prebuilder.check_now if prebuilder is not None else None)
     service = ImageService(reactor=reactor, policy=policy, store=store, index=index, images=stored, builds=builds,
-                           refresh_interval=settings.refresh_interval, pull_wait=settings.pull_wait, keeper=keeper,
-                           on_refresh=prebuilder.check_now if prebuilder is not None else None)
+                           freshness=freshness, pull_wait=settings.pull_wait, keeper=keeper)
     return Images(service, builds, locks, prebuilder)

@@ -8,7 +8,6 @@ then it is told to come back, and the build goes on.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import BinaryIO
 
 from attrs import define, field
@@ -19,11 +18,12 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nixforge.errors import BlobUnknown, BuildInProgress, ForgeError, NameUnknown
+from nixforge.images.freshness import Freshness
 from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.stored_images import StoredImages
 from nixforge.images.tag_builds import BuildListener, TagBuilds, failure_reason
-from nixforge.images.targets import BuildTarget, is_immutable, target_for
+from nixforge.images.targets import BuildTarget, target_for
 from nixforge.oci.documents import ImageManifests, ManifestDocument
 from nixforge.store.interfaces import IBlobStore, IStoreKeeper, ITagIndex, TagRecord
 from nixforge.store.memory import NoStoreKeeper
@@ -44,11 +44,9 @@ class ImageService:
     index: ITagIndex
     images: StoredImages
     builds: TagBuilds
-    refresh_interval: float
+    freshness: Freshness
     pull_wait: float = 0.0
     keeper: IStoreKeeper = field(factory=NoStoreKeeper)
-    on_refresh: Callable[[], None] | None = None
-    _queued_refreshes: set[tuple[str, str]] = field(factory=set, init=False)
 
     @property
     def flake(self) -> str:
@@ -112,7 +110,7 @@ class ImageService:
         if not self.policy.allows_name(name) or self.policy.refusal(tag) is not None:
             return None  # the full path raises the right error
         record = self.index.get(name, tag)  # only names that map to a target were ever built and stored
-        if record is None or self._is_stale(record):
+        if record is None or self.freshness.is_stale(record):
             return None
         manifests = self.images.cached(record)
         if manifests is not None:
@@ -131,8 +129,8 @@ class ImageService:
                 # Only stored images count (a build's time is its first use), so made-up names
                 # never fill the pull times.
                 self.keeper.pulled(name, tag)
-                if self._is_stale(record) and not self.builds.running(name, tag):
-                    self._refresh(target, tag)
+                if self.freshness.is_stale(record):
+                    self.freshness.refresh_in_background(target, tag)
                 return manifests
         return await self._waited(self.builds.run(target, tag, on_build=on_build), name, tag)
 
@@ -154,70 +152,18 @@ class ImageService:
 
         return waiter.addTimeout(self.pull_wait, self.reactor, onTimeoutCancel=still_building)
 
-    def _is_stale(self, record: TagRecord) -> bool:
-        if record.immutable:
-            return False
-        now = self.reactor.seconds()
-        failed_at = self.builds.refresh_failed_at.get((record.name, record.tag), float("-inf"))
-        return now - record.built_at >= self.refresh_interval and now - failed_at >= self.refresh_interval
-
-    def _refresh(self, target: BuildTarget, tag: str) -> None:
-        """Build name:tag again in the background (served meanwhile from the store)."""
-        key = (target.name, tag)
-        log.info("refreshing {name}:{tag} in the background", name=target.name, tag=tag)
-
-        def failed(reason: Failure) -> None:
-            self.builds.refresh_failed_at[key] = self.reactor.seconds()
-            log.warn("background refresh of {name}:{tag} failed: {error}",
-                     name=target.name, tag=tag, error=reason.getErrorMessage())
-
-        self.builds.run(target, tag).addErrback(failed)
-
     # -- refresh ------------------------------------------------------------------------------
 
     def refresh(self, name: str | None = None) -> list[str]:
         """Re-resolve now every stored moving tag of `name` (of every repository when None).
 
-        Every moving tag is locked again on its next use, failures remembered for those names are
-        forgotten (their next pull builds at once), and the catalog is asked again. Nothing waits:
-        pulls of stored images keep being served while the refreshes run. Returns the `name:tag`s
-        scheduled, sorted.
+        Failures remembered for those names are forgotten, so their next pull builds at once. Nothing
+        waits: pulls of stored images keep being served while the refreshes run. Returns the
+        `name:tag`s scheduled, sorted.
         """
         if name is not None:
             self._admit_name(name)
-        self.builds.forget(name)
-        self.builds.locks.expire()
-        if self.builds.catalog is not None:
-            self.builds.catalog.forget_failures()
-        names = [name] if name is not None else self.index.names()
-        scheduled = []
-        for each in names:
-            if not self.policy.allows_name(each):
-                continue
-            for tag in self.index.tags(each):
-                if is_immutable(tag) or not self.policy.allows_tag(tag):
-                    continue
-                self._refresh_now(target_for(each), tag)
-                scheduled.append(f"{each}:{tag}")
-        if self.on_refresh is not None:
-            self.on_refresh()
-        return sorted(scheduled)
-
-    def _refresh_now(self, target: BuildTarget, tag: str) -> None:
-        key = (target.name, tag)
-        if not self.builds.running(*key):
-            self._refresh(target, tag)
-            return
-        # The build running now may have locked the revision before the push: run once more after it.
-        if key in self._queued_refreshes:
-            return
-        self._queued_refreshes.add(key)
-
-        def again(_: object) -> None:
-            self._queued_refreshes.discard(key)
-            self._refresh_now(target, tag)
-
-        self.builds.run(target, tag).addBoth(again)
+        return self.freshness.refresh_now(name)
 
     # -- digests and blobs --------------------------------------------------------------------
 

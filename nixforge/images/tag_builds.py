@@ -86,7 +86,6 @@ class TagBuilds:
     observer: IBuildObserver = field(factory=NoBuildObserver)
     failures: FailureMemory = field(factory=FailureMemory)
     missing: MissingCache = field(factory=MissingCache)
-    refresh_interval: float = 300.0
     _flights: SingleFlight = field(factory=SingleFlight, init=False)
     _probes: DeferredSemaphore = field(init=False)
     _build_ids: dict[tuple[str, str], str] = field(factory=dict, init=False)
