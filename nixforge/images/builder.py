@@ -45,8 +45,8 @@ class ImageBuilder:
     layer_cache: LayerCache
     run_in_thread: Callable[..., Deferred[Any]]
     clock: IReactorTime
-    timeout: float = 600.0
-    max_layers: int = 100
+    timeout: float
+    max_layers: int
     scripts: ScriptRunner = field(factory=ScriptRunner)
     store_dir: str = "/nix/store"
     cancel: threading.Event = field(factory=threading.Event)

@@ -116,10 +116,10 @@ class NixClient:
     """Runs nix commands as child processes; each returns a Deferred and can time out or be stopped."""
 
     reactor: Any
+    timeout: float
     nix_binary: str = "nix"
     options: tuple[tuple[str, str], ...] = ()
     accept_flake_config: bool = False
-    timeout: float = 600.0
     log_tail_lines: int = 40
     kill_grace: float = DEFAULT_KILL_GRACE
     env: dict[str, str] = field(factory=dict)

@@ -77,7 +77,7 @@ def served_site(reactor: Any, tmp_path: Path, big_path: str) -> Any:
         return deferToThread(function, *args)
 
     served = ServedClosures(index, store, AccessPolicy("path:/f", MemoryLockedRevisions()), run_in_thread)
-    nix = NixClient(reactor, env={"NIX_CONFIG": "substituters =\nexperimental-features ="})
+    nix = NixClient(reactor, 120, env={"NIX_CONFIG": "substituters =\nexperimental-features ="})
     records = FilesystemNarRecords(str(tmp_path / "data"))
     cache = NixCache(served, nix, store, records, CacheKey.load(str(tmp_path / "sec")), run_in_thread, reactor)
     api = RegistryApi(FakeImageService(), reactor,

@@ -122,7 +122,7 @@ def key() -> CacheKey:
 def cache(store: MemoryBlobStore, index: MemoryTagIndex, records: FilesystemNarRecords,
           signing: CacheKey | None, packages: tuple[str, ...] = ("*",)) -> NixCache:
     # A nix binary that does not exist: any Nix run fails the test.
-    nix = NixClient(Clock(), nix_binary="/nonexistent/nix")
+    nix = NixClient(Clock(), 60, nix_binary="/nonexistent/nix")
     return NixCache(served(store, index, packages), nix, store, records, signing, now, Clock())
 
 
@@ -139,7 +139,7 @@ def test_gc_keeps_every_recorded_nar_until_the_closures_were_read(store: MemoryB
     records = FilesystemNarRecords(str(tmp_path))
     records.put("d" * 32, NarRecord("/nix/store/" + "d" * 32 + "-gone", "sha256:" + "1" * 64, 1, "0" * 64, 1, ()))
     closures = ServedClosures(index, store, AccessPolicy("path:/f", MemoryLockedRevisions()), now)
-    nix_cache = NixCache(closures, NixClient(Clock(), nix_binary="/nonexistent/nix"), store, records, key(), now,
+    nix_cache = NixCache(closures, NixClient(Clock(), 60, nix_binary="/nonexistent/nix"), store, records, key(), now,
                          Clock())
     assert nix_cache.live_blobs() == ["sha256:" + "1" * 64]
     outcome(Deferred.fromCoroutine(closures.refresh()))

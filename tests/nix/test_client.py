@@ -212,8 +212,8 @@ def test_stop_terminates_every_running_process(
 def test_every_command_turns_on_the_features_and_trusts_flake_config_when_asked(
     fake_reactor: FakeProcessReactor, signaller: RecordingSignaller
 ) -> None:
-    trusting = NixClient(fake_reactor, accept_flake_config=True, setsid=None, signaller=signaller)
-    plain = NixClient(fake_reactor, setsid=None, signaller=signaller)
+    trusting = NixClient(fake_reactor, 60, accept_flake_config=True, setsid=None, signaller=signaller)
+    plain = NixClient(fake_reactor, 60, setsid=None, signaller=signaller)
     for client in (trusting, plain):
         client.build("path:/f#a")
         client.eval_json("path:/f#b", apply="x: x")
@@ -253,8 +253,11 @@ def test_spawn_failure_is_a_nix_error(client: NixClient, fake_reactor: FakeProce
 
 
 def test_defaults() -> None:
-    client = NixClient(FakeProcessReactor())
-    assert (client.nix_binary, client.options, client.timeout, client.log_tail_lines) == ("nix", (), 600.0, 40)
+    """Everything but the timeout has a default; the timeout is the registry's setting, passed in."""
+    client = NixClient(FakeProcessReactor(), 60)
+    assert (client.nix_binary, client.options, client.timeout, client.log_tail_lines) == ("nix", (), 60, 40)
+    with pytest.raises(TypeError):
+        NixClient(FakeProcessReactor())  # type: ignore[call-arg]
 
 
 def test_each_command_tells_its_own_log_lines_to_its_own_sink(

@@ -58,7 +58,7 @@ class RecordingWriter:
 
 @pytest.fixture
 def client(reactor: Any) -> NixClient:
-    return NixClient(reactor, env={"NIX_CONFIG": "substituters =\nexperimental-features ="})
+    return NixClient(reactor, 120, env={"NIX_CONFIG": "substituters =\nexperimental-features ="})
 
 
 @pytest.fixture
