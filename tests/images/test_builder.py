@@ -70,8 +70,8 @@ class FakeNix:
 def make_builder(nix: FakeNix, tmp_path: Path, clock: Clock | None = None) -> tuple[ImageBuilder, MemoryBlobStore]:
     store = MemoryBlobStore()
     builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(str(tmp_path / "layers")),  # type: ignore[arg-type]
-                           run_in_thread=lambda f, *a: maybeDeferred(f, *a), clock=clock or Clock(), timeout=60, max_layers=100,
-                           store_dir=str(tmp_path))
+                           run_in_thread=lambda f, *a: maybeDeferred(f, *a), clock=clock or Clock(), timeout=60,
+                           max_layers=100, store_dir=str(tmp_path))
     return builder, store
 
 
