@@ -13,7 +13,7 @@ from attrs import frozen
 
 from nixforge.nix.signing import CacheKey, KeyInvalid
 from nixforge.platforms import parse_systems
-from nixforge.references import COMMIT_TAG_MODES
+from nixforge.references import COMMIT_TAG_MODES, MAX_NAME_LENGTH, MAX_TAG_LENGTH
 from nixforge.refresh_access import parse_refresh_from
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL")
@@ -243,9 +243,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a build (and, separately, its planning) may run before it is killed (TERM, then KILL)."),
     Setting("cache_size", "CACHE_SIZE", "cache-size", "50", _positive_int,
             "Images whose manifests are kept in memory."),
-    Setting("max_name_length", "MAX_IMAGE_NAME_LENGTH", "max-name-length", "255", _positive_int,
+    Setting("max_name_length", "MAX_IMAGE_NAME_LENGTH", "max-name-length", str(MAX_NAME_LENGTH), _positive_int,
             "Longest repository name accepted."),
-    Setting("max_tag_length", "MAX_TAG_LENGTH", "max-tag-length", "128", _positive_int, "Longest tag accepted."),
+    Setting("max_tag_length", "MAX_TAG_LENGTH", "max-tag-length", str(MAX_TAG_LENGTH), _positive_int,
+            "Longest tag accepted."),
     Setting("data_dir", "NIXFORGE_DATA_DIR", "data-dir", "", str,
             "Blob store and tag index ($STATE_DIRECTORY, else $XDG_DATA_HOME/nixforge)."),
     Setting("refresh_interval", "NIXFORGE_REFRESH_INTERVAL", "refresh-interval", "300", _positive_float,

@@ -13,6 +13,10 @@ NAME_PATTERN = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
 TAG_PATTERN = re.compile(r"[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}")
 _DIGEST_HEX = {"sha256": 64, "sha512": 128}
 DIGEST_PATTERN = re.compile(r"(sha256|sha512):([a-f0-9]+)")
+MAX_NAME_LENGTH = 255
+"""Longest repository name accepted by default (MAX_IMAGE_NAME_LENGTH)."""
+MAX_TAG_LENGTH = 128
+"""Longest tag accepted by default (MAX_TAG_LENGTH): the spec's grammar allows no longer."""
 
 
 @frozen
@@ -36,7 +40,7 @@ class Digest:
         return f"{self.algorithm}:{self.hex}"
 
 
-def validate_name(name: str, max_length: int = 255) -> str:
+def validate_name(name: str, max_length: int = MAX_NAME_LENGTH) -> str:
     """Return `name` if it is a valid repository name, else raise NameInvalid."""
     if not name or len(name) > max_length:
         raise NameInvalid(
@@ -48,7 +52,7 @@ def validate_name(name: str, max_length: int = 255) -> str:
     return name
 
 
-def validate_tag(tag: str, max_length: int = 128) -> Tag:
+def validate_tag(tag: str, max_length: int = MAX_TAG_LENGTH) -> Tag:
     """Return the Tag for `tag`, or raise TagInvalid."""
     if len(tag) > max_length or not TAG_PATTERN.fullmatch(tag):
         raise TagInvalid("invalid tag", {"tag": tag[:max_length + 1], "max_length": max_length})
@@ -63,7 +67,7 @@ def parse_digest(text: str) -> Digest:
     return Digest(match.group(1), match.group(2))
 
 
-def parse_reference(text: str, max_tag_length: int = 128) -> Tag | Digest:
+def parse_reference(text: str, max_tag_length: int = MAX_TAG_LENGTH) -> Tag | Digest:
     """Parse a manifest reference: a digest if it has a colon, otherwise a tag.
 
     A malformed digest is DigestInvalid (400). Any other reference that is no valid tag names no

@@ -35,7 +35,7 @@ from nixforge.oci import media_types as mt
 from nixforge.oci.referrers import referrers_index
 from nixforge.readiness import NOT_CHECKED, Readiness
 from nixforge.redaction import Verbatim
-from nixforge.references import Digest, parse_digest, parse_reference, validate_name
+from nixforge.references import MAX_NAME_LENGTH, MAX_TAG_LENGTH, Digest, parse_digest, parse_reference, validate_name
 from nixforge.refresh_access import RefreshAccess
 
 log = Logger()
@@ -139,8 +139,8 @@ class RegistryApi:
         self,
         images: IImageService,
         reactor: Any,
-        max_name_length: int = 255,
-        max_tag_length: int = 128,
+        max_name_length: int = MAX_NAME_LENGTH,
+        max_tag_length: int = MAX_TAG_LENGTH,
         error_log_tail: bool = True,
         refresh_access: RefreshAccess | None = None,
         readiness: Callable[[], Readiness] | None = None,
