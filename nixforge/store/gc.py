@@ -34,7 +34,6 @@ missing blob, and nothing that is still referenced is deleted.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterable
@@ -42,13 +41,11 @@ from collections.abc import Iterable
 from attrs import frozen
 from twisted.logger import Logger
 
-from nixforge.errors import StoreFull
-from nixforge.oci.layer_cache import LayerCache
-from nixforge.store.filesystem import FilesystemBlobStore
+from nixforge.errors import BlobUnknown, StoreFull
 from nixforge.store.gc_journal import GcJournal, GcPlan
-from nixforge.store.interfaces import TagRecord
+from nixforge.store.interfaces import ICollectableBlobStore, IReferences, IRetainedIndex, TagRecord
+from nixforge.store.layer_cache import LayerCache
 from nixforge.store.pull_times import PullTimes
-from nixforge.store.tag_index import FilesystemTagIndex
 
 log = Logger()
 
@@ -71,14 +68,20 @@ class GcResult:
 
 
 class GarbageCollector:
-    """Mark and sweep over one filesystem store, its tag index and its layer cache."""
+    """Mark and sweep over one blob store, its tag index and its layer cache.
+
+    `references` tells what a stored manifest names (GC knows no manifest format); `journal`
+    lives in the same record store as the index.
+    """
 
     def __init__(
         self,
-        store: FilesystemBlobStore,
-        index: FilesystemTagIndex,
+        store: ICollectableBlobStore,
+        index: IRetainedIndex,
         layer_cache: LayerCache,
         pulls: PullTimes,
+        journal: GcJournal,
+        references: IReferences,
         max_size: int | None = None,
     ) -> None:
         self.store = store
@@ -86,7 +89,8 @@ class GarbageCollector:
         self.layer_cache = layer_cache
         self.pulls = pulls
         self.max_size = max_size
-        self.journal = GcJournal(store.root)
+        self.journal = journal
+        self.references = references
         self.cancelled = threading.Event()
         self._references: dict[str, frozenset[str]] = {}
 
@@ -98,23 +102,22 @@ class GarbageCollector:
         if cached is not None:
             return cached
         found = {digest}
-        size = self.store.stat_size(digest)
-        if size is not None and size <= _MANIFEST_LIMIT:
-            try:
-                with open(self.store.path(digest), "rb") as file:
-                    document = json.load(file)
-            except (OSError, ValueError):
-                document = None
-            if isinstance(document, dict):
-                descriptors = [document.get("config"), *(document.get("layers") or [])]
-                for descriptor in descriptors:
-                    if isinstance(descriptor, dict) and isinstance(descriptor.get("digest"), str):
-                        found.add(descriptor["digest"])
-                for child in document.get("manifests") or []:
-                    if isinstance(child, dict) and isinstance(child.get("digest"), str):
-                        found |= self._manifest_references(child["digest"])
+        body = self._small_blob(digest)
+        if body is not None:
+            found |= self.references.blobs(body)
+            for child in self.references.children(body):
+                found |= self._manifest_references(child)
             self._references[digest] = frozenset(found)  # only cache what was really read
         return frozenset(found)
+
+    def _small_blob(self, digest: str) -> bytes | None:
+        """The bytes of a stored blob no bigger than a manifest can be, else None (absent, or a layer)."""
+        try:
+            with self.store.open(digest) as file:
+                body = file.read(_MANIFEST_LIMIT + 1)
+        except (BlobUnknown, OSError):
+            return None
+        return body if len(body) <= _MANIFEST_LIMIT else None
 
     def _record_references(self, record: TagRecord) -> frozenset[str]:
         """Every blob a record keeps: its manifests (both forms, index members, SBOM artifacts) and
