@@ -199,6 +199,22 @@ def _positive_duration(text: str) -> float:
     return value
 
 
+def _store(text: str) -> str:
+    """Empty (the data dir) or a well-formed s3://bucket[/prefix]."""
+    if text:
+        from nixforge.store.s3_client import S3Location
+
+        S3Location.parse(text)
+    return text
+
+
+def _url(text: str) -> str:
+    """Empty or an http(s) URL."""
+    if text and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+        raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
 def parse_nix_options(text: str) -> tuple[tuple[str, str], ...]:
     """Parse `NAME=VALUE` pairs separated by newlines or semicolons."""
     pairs = []
@@ -288,6 +304,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("systems", "NIXFORGE_SYSTEMS", "systems", "", parse_systems,
             "Comma-separated Nix systems each tag is built for (an image index when not just the host's); "
             "empty: the host's system alone."),
+    Setting("store", "NIXFORGE_STORE", "store", "", _store,
+            "Where everything durable lives: empty for the data dir, or s3://bucket[/prefix] (replicas share it)."),
+    Setting("s3_endpoint", "NIXFORGE_S3_ENDPOINT", "s3-endpoint", "", _url,
+            "S3 endpoint URL (MinIO, SeaweedFS, Ceph RGW; path-style addressing); empty: AWS."),
+    Setting("s3_pool", "NIXFORGE_S3_POOL", "s3-pool", "16", _positive_int,
+            "Threads (and connections) for S3 requests."),
+    Setting("gc_grace", "NIXFORGE_GC_GRACE", "gc-grace", "1h", _positive_duration,
+            "With an S3 store: GC never deletes a blob it first saw less than this long ago (longer than "
+            "NIX_BUILD_TIMEOUT), so other replicas' running builds keep theirs."),
 )
 
 
@@ -334,6 +359,10 @@ class ForgeConfig:
     failure_ttl: float = 60.0
     refresh_from: tuple[str, ...] = ("loopback",)
     systems: tuple[str, ...] = ()
+    store: str = ""
+    s3_endpoint: str = ""
+    s3_pool: int = 16
+    gc_grace: float = 3600.0
 
     @classmethod
     def from_sources(

@@ -44,15 +44,13 @@ from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.manifest_references import ManifestReferences
 from nixforge.readiness import ReadinessCheck, ReadinessService
 from nixforge.refresh_access import RefreshAccess
-from nixforge.store.durable_index import FilesystemTagIndex
-from nixforge.store.filesystem import FilesystemBlobStore
+from nixforge.store.backend import StoreBackend, StoreUnreachable, open_store
 from nixforge.store.gc import GarbageCollector
 from nixforge.store.gc_journal import GcJournal
 from nixforge.store.gc_service import GcScheduler, GcTimerService
 from nixforge.store.layer_cache import LayerCache
-from nixforge.store.locked_revisions import FilesystemLockedRevisions
 from nixforge.store.pull_times import PullTimes
-from nixforge.store.records import FilesystemRecordStore
+from nixforge.store.s3_client import S3Settings
 
 log = Logger()
 
@@ -217,10 +215,8 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     def run_in_thread(function: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, function, *args)
 
-    store = FilesystemBlobStore(config.data_dir)
-    index = FilesystemTagIndex(config.data_dir, clock=reactor.seconds, retention=config.retention)
-    records = FilesystemRecordStore(config.data_dir)
-    records.remove_temporaries(["", "layers"])
+    backend = _open_store(config, reactor)
+    store, index, records = backend.blobs, backend.index, backend.records
     layer_cache = LayerCache(records)
     collector = GarbageCollector(store, index, layer_cache, PullTimes(records), GcJournal(records),
                                  ManifestReferences(), max_size=config.max_store_size)
@@ -238,7 +234,7 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     _BuilderService(builder).setServiceParent(root)
     host = host_system(config.nix_options)
     systems = SystemsBuilder(builder, config.systems or (host,), host)
-    policy = AccessPolicy(flake=config.flake, revisions=FilesystemLockedRevisions(config.data_dir),
+    policy = AccessPolicy(flake=config.flake, revisions=backend.revisions,
                           packages=config.packages, refs=config.refs, commit_tags=config.commit_tags)
     images = ImageService(
         reactor=reactor, builder=systems, store=store, index=index, run_in_thread=run_in_thread,
@@ -264,14 +260,27 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                     body_limit=refresh_body_limit)
     factory = site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site)
     _ListeningService(endpoint, factory).setServiceParent(root)
-    log.info("nixforge {version}: flake {flake}, data in {data_dir}, store cap {cap}, systems {systems}",
-             version=__version__, flake=config.flake, data_dir=config.data_dir, systems=",".join(systems.systems),
+    log.info("nixforge {version}: flake {flake}, data in {data_dir}, store {store}, store cap {cap}, systems "
+             "{systems}", version=__version__, flake=config.flake, data_dir=config.data_dir,
+             store=backend.description, systems=",".join(systems.systems),
              cap="none" if config.max_store_size is None else f"{config.max_store_size} bytes")
     log.info("serving packages {packages}, refs {refs}, commit tags {commit_tags}; image scripts run as "
              "{script_user}", packages=",".join(config.packages), refs=",".join(config.refs),
              commit_tags=config.commit_tags,
              script_user=scripts.user.name if scripts.user is not None else "nixforge's own user")
     return root
+
+
+def _open_store(config: ForgeConfig, reactor: Any) -> StoreBackend:
+    """The configured store (data dir or bucket), closed at shutdown; exit with one line if unusable."""
+    settings = S3Settings(endpoint=config.s3_endpoint, pool=config.s3_pool)
+    try:
+        backend = open_store(config.store, config.data_dir, reactor.seconds, config.retention, settings,
+                             grace=config.gc_grace)
+    except StoreUnreachable as error:
+        raise SystemExit(f"nixforge: {error}") from None
+    reactor.addSystemEventTrigger("after", "shutdown", backend.close)
+    return backend
 
 
 def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, reactor: Any) -> IResource:

@@ -7,13 +7,16 @@ from nixforge.config import SETTINGS
 from nixforge.tap import Options
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+# Settings documented beside the README until the lead merges their rows into its table.
+SETTINGS_DOCS = (README, README.with_name("docs") / "replicas.md")
 
 
 def readme_settings() -> dict[str, tuple[str, str]]:
-    """Variable → (option cell, default cell) from the README's settings table."""
+    """Variable → (option cell, default cell) from the README's settings table (and docs/replicas.md's)."""
     rows = {}
-    for line in README.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"\| `([A-Z_]+)` \| (.*?) \| (.*?) \|", line)
+    lines = [line for path in SETTINGS_DOCS if path.exists() for line in path.read_text(encoding="utf-8").splitlines()]
+    for line in lines:
+        match = re.match(r"\| `([A-Z0-9_]+)` \| (.*?) \| (.*?) \|", line)
         if match:
             rows[match.group(1)] = (match.group(2), match.group(3))
     return rows
