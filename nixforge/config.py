@@ -310,6 +310,11 @@ SETTINGS: tuple[Setting, ...] = (
             "S3 endpoint URL (MinIO, SeaweedFS, Ceph RGW; path-style addressing); empty: AWS."),
     Setting("s3_pool", "NIXFORGE_S3_POOL", "s3-pool", "16", _positive_int,
             "Threads (and connections) for S3 requests."),
+    Setting("s3_redirect", "NIXFORGE_S3_REDIRECT", "s3-redirect", "true", _boolean,
+            "true or false: with an S3 store, answer blob GETs with a 307 to a presigned URL (false: stream "
+            "them through the replica, for buckets clients can't reach)."),
+    Setting("s3_url_ttl", "NIXFORGE_S3_URL_TTL", "s3-url-ttl", "300", _positive_duration,
+            "Seconds a presigned blob URL stays valid."),
     Setting("gc_grace", "NIXFORGE_GC_GRACE", "gc-grace", "1h", _positive_duration,
             "With an S3 store: GC never deletes a blob it first saw less than this long ago (longer than "
             "NIX_BUILD_TIMEOUT), so other replicas' running builds keep theirs."),
@@ -362,6 +367,8 @@ class ForgeConfig:
     store: str = ""
     s3_endpoint: str = ""
     s3_pool: int = 16
+    s3_redirect: bool = True
+    s3_url_ttl: float = 300.0
     gc_grace: float = 3600.0
 
     @classmethod

@@ -6,7 +6,7 @@ import os
 import resource
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
@@ -48,6 +48,7 @@ from nixforge.store.backend import StoreBackend, StoreUnreachable, open_store
 from nixforge.store.gc import GarbageCollector
 from nixforge.store.gc_journal import GcJournal
 from nixforge.store.gc_service import GcScheduler, GcTimerService
+from nixforge.store.interfaces import IBlobLocations
 from nixforge.store.layer_cache import LayerCache
 from nixforge.store.pull_times import PullTimes
 from nixforge.store.s3_client import S3Settings
@@ -251,7 +252,7 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     api = RegistryApi(images, reactor, readiness=lambda: readiness.current, builds=builds, metrics=metrics,
                       max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
-                      refresh_access=_refresh_access(config))
+                      refresh_access=_refresh_access(config), blob_url=_blob_url(config, backend))
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
     site = EdgeSite(_observed(_with_auth(api.resource(), config, run_in_thread, reactor), config, metrics, reactor),
                     header_timeout=config.header_timeout, send_timeout=config.send_timeout,
@@ -281,6 +282,14 @@ def _open_store(config: ForgeConfig, reactor: Any) -> StoreBackend:
         raise SystemExit(f"nixforge: {error}") from None
     reactor.addSystemEventTrigger("after", "shutdown", backend.close)
     return backend
+
+
+def _blob_url(config: ForgeConfig, backend: StoreBackend) -> Callable[[str], str | None] | None:
+    """Presigned blob URLs for the API's redirects: only from a bucket, and unless NIXFORGE_S3_REDIRECT=false."""
+    blobs = backend.blobs
+    if not config.s3_redirect or not IBlobLocations.providedBy(blobs):
+        return None
+    return lambda digest: IBlobLocations(blobs).url(digest, config.s3_url_ttl)
 
 
 def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, reactor: Any) -> IResource:

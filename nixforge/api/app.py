@@ -131,7 +131,9 @@ class RegistryApi:
         readiness: Callable[[], Readiness] | None = None,
         builds: BuildBook | None = None,
         metrics: RegistryMetrics | None = None,
+        blob_url: Callable[[str], str | None] | None = None,
     ) -> None:
+        self._blob_url = blob_url
         self._builds = builds or BuildBook()
         self._metrics = metrics
         self._readiness = readiness or (lambda: NOT_CHECKED)
@@ -282,6 +284,12 @@ class RegistryApi:
         blob = await self._images.blob(name, str(digest))
         request.setHeader(b"Accept-Ranges", b"bytes")
         if self._not_modified(request, blob.digest):
+            return b""
+        location = self._blob_url(blob.digest) if request.method == b"GET" and self._blob_url else None
+        if location is not None:  # after the name, policy and auth checks; the URL is never logged
+            request.setResponseCode(307)
+            request.setHeader(b"Location", location.encode())
+            request.setHeader(b"Content-Length", b"0")
             return b""
         byte_range = None if request.method == b"HEAD" else parse_range(_header(request, b"range"), blob.size)
         request.setHeader(b"Content-Type", b"application/octet-stream")

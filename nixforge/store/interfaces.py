@@ -208,3 +208,10 @@ class IRetainedIndex(ITagIndex):
 
     def forget_expired() -> list[str]:
         """Drop superseded digests past the retention window; return the names that changed."""
+
+
+class IBlobLocations(Interface):
+    """Blobs a client can fetch from the store itself (an object store), by a time-limited URL."""
+
+    def url(digest: str, ttl: float) -> str:
+        """Return a signed GET URL of the blob, valid `ttl` seconds; it is a secret: never log it."""

@@ -18,7 +18,7 @@ from zope.interface import implementer
 from nixforge.errors import BlobUnknown, DigestInvalid
 from nixforge.store.durable import full_is_store_full
 from nixforge.store.filesystem import SHA256_DIGEST
-from nixforge.store.interfaces import IBlobWriter, ICollectableBlobStore
+from nixforge.store.interfaces import IBlobLocations, IBlobWriter, ICollectableBlobStore
 from nixforge.store.leases import BlobLeases
 from nixforge.store.s3_client import S3Calls, S3Location, is_conflict, is_missing
 
@@ -86,7 +86,7 @@ class S3BlobWriter:
             os.unlink(self._temp_path)
 
 
-@implementer(ICollectableBlobStore)
+@implementer(ICollectableBlobStore, IBlobLocations)
 class S3BlobStore:
     """Blob `sha256:<hex>` is the object `<prefix>blobs/sha256/<hex>`; stored blobs are never rewritten.
 
@@ -217,6 +217,14 @@ class S3BlobStore:
     def read(self, digest: str) -> bytes:
         """The blob's bytes; BlobUnknown when absent."""
         return bytes(self._get(digest, lambda body: body.read()))
+
+    def url(self, digest: str, ttl: float) -> str:
+        """A presigned (SigV4) GET URL of the blob, valid `ttl` seconds. Computed locally: no request.
+
+        It carries a signature: never log it.
+        """
+        return str(self.calls.client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self.key(digest)}, ExpiresIn=max(1, int(ttl))))
 
     def writer(self) -> S3BlobWriter:
         """Start writing a new blob."""
