@@ -31,6 +31,7 @@ from nixforge.api.metrics import BuildMetrics, RegistryMetrics
 from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.api.refresh import body_limit as refresh_body_limit
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
+from nixforge.errors import StoreUnavailable
 from nixforge.images.build_events import BuildObservers
 from nixforge.images.builder import ImageBuilder
 from nixforge.images.catalog import FlakeCatalog
@@ -244,7 +245,8 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
         catalog=FlakeCatalog(nix, host, timeout=config.build_timeout), host_platform=host_platform(),
         failure_ttl=config.failure_ttl,
     )
-    readiness = ReadinessCheck(config.data_dir, run_in_thread, nix.version)
+    readiness = ReadinessCheck(config.data_dir, run_in_thread, nix.version, store_probe=backend.probe,
+                               store_name=config.store)
     ReadinessService(readiness, config.ready_interval, reactor).setServiceParent(root)
     builds = BuildBook(keep=config.builds_kept, max_log_bytes=config.build_log_size)
     metrics = RegistryMetrics(images, gc) if config.metrics else None
@@ -252,7 +254,7 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     api = RegistryApi(images, reactor, readiness=lambda: readiness.current, builds=builds, metrics=metrics,
                       max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
-                      refresh_access=_refresh_access(config), blob_url=_blob_url(config, backend))
+                      refresh_access=_refresh_access(config), blob_url=_blob_url(config, backend, readiness))
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
     site = EdgeSite(_observed(_with_auth(api.resource(), config, run_in_thread, reactor), config, metrics, reactor),
                     header_timeout=config.header_timeout, send_timeout=config.send_timeout,
@@ -284,12 +286,23 @@ def _open_store(config: ForgeConfig, reactor: Any) -> StoreBackend:
     return backend
 
 
-def _blob_url(config: ForgeConfig, backend: StoreBackend) -> Callable[[str], str | None] | None:
-    """Presigned blob URLs for the API's redirects: only from a bucket, and unless NIXFORGE_S3_REDIRECT=false."""
+def _blob_url(config: ForgeConfig, backend: StoreBackend,
+              readiness: ReadinessCheck) -> Callable[[str], str | None] | None:
+    """Presigned blob URLs for the API's redirects: only from a bucket, and unless NIXFORGE_S3_REDIRECT=false.
+
+    While the last readiness check found the store unreachable, a redirect would only send the
+    client to a dead store: answer 503 with Retry-After instead.
+    """
     blobs = backend.blobs
     if not config.s3_redirect or not IBlobLocations.providedBy(blobs):
         return None
-    return lambda digest: IBlobLocations(blobs).url(digest, config.s3_url_ttl)
+
+    def url(digest: str) -> str:
+        if any(problem.startswith("store ") for problem in readiness.current.problems):
+            raise StoreUnavailable("the object store is unreachable; retry", detail={"store": "s3"})
+        return IBlobLocations(blobs).url(digest, config.s3_url_ttl)
+
+    return url
 
 
 def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, reactor: Any) -> IResource:

@@ -32,6 +32,8 @@ class StoreBackend:
     revisions: ILockedRevisions
     description: str
     calls: S3Calls | None = None
+    probe: Callable[[], object] | None = None
+    """A small request that must succeed while the store is usable (None: the data dir, checked anyway)."""
 
     def close(self) -> None:
         """Release the S3 client and its pool (nothing to do for files)."""
@@ -68,4 +70,5 @@ def open_store(url: str, data_dir: str, clock: Callable[[], float], retention: f
         calls.close()
         raise StoreUnreachable(f"cannot use {url} ({settings.endpoint or 'AWS'}): {error}") from None
     blobs = S3BlobStore(calls, location, os.path.join(data_dir, "tmp"), grace=grace)
-    return StoreBackend(blobs, s3_records, index, revisions, f"{url} at {settings.endpoint or 'AWS'}", calls)
+    return StoreBackend(blobs, s3_records, index, revisions, f"{url} at {settings.endpoint or 'AWS'}", calls,
+                        probe=lambda: calls("head_bucket", Bucket=location.bucket))
