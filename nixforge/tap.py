@@ -17,6 +17,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.threadable import isInIOThread
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
@@ -45,7 +46,7 @@ from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.manifest_references import ManifestReferences
 from nixforge.readiness import ReadinessCheck, ReadinessService
 from nixforge.refresh_access import RefreshAccess
-from nixforge.store.backend import StoreBackend, StoreUnreachable, open_store
+from nixforge.store.backend import StoreBackend, StoreRefreshService, StoreUnreachable, open_store
 from nixforge.store.gc import GarbageCollector
 from nixforge.store.gc_journal import GcJournal
 from nixforge.store.gc_service import GcScheduler, GcTimerService
@@ -218,6 +219,8 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
         return deferToThreadPool(reactor, pool, function, *args)
 
     backend = _open_store(config, reactor)
+    if backend.calls is not None:
+        StoreRefreshService(backend, run_in_thread, reactor).setServiceParent(root)
     store, index, records = backend.blobs, backend.index, backend.records
     layer_cache = LayerCache(records)
     collector = GarbageCollector(store, index, layer_cache, PullTimes(records), GcJournal(records),
@@ -279,7 +282,7 @@ def _open_store(config: ForgeConfig, reactor: Any) -> StoreBackend:
     settings = S3Settings(endpoint=config.s3_endpoint, pool=config.s3_pool)
     try:
         backend = open_store(config.store, config.data_dir, reactor.seconds, config.retention, settings,
-                             grace=config.gc_grace)
+                             grace=config.gc_grace, on_reactor=isInIOThread)
     except StoreUnreachable as error:
         raise SystemExit(f"nixforge: {error}") from None
     reactor.addSystemEventTrigger("after", "shutdown", backend.close)

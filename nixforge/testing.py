@@ -50,3 +50,7 @@ class RacingRecordStore:
     def keys(self, prefix: str) -> list[str]:
         """The inner store's keys."""
         return self.inner.keys(prefix)
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        """The inner store's versions."""
+        return self.inner.versions(prefix)

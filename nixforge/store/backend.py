@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 from attrs import frozen
+from twisted.application.internet import TimerService
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from nixforge.store.durable_index import FilesystemTagIndex, RecordTagIndex
 from nixforge.store.filesystem import FilesystemBlobStore
@@ -35,6 +39,20 @@ class StoreBackend:
     probe: Callable[[], object] | None = None
     """A small request that must succeed while the store is usable (None: the data dir, checked anyway)."""
 
+    def refresh(self) -> int:
+        """Take what other replicas stored since the last look: blobs first, then records. Blocks.
+
+        Blobs first, so that a record seen here never names a blob this replica can't size yet.
+        """
+        refresh_blobs = getattr(self.blobs, "refresh", None)
+        if refresh_blobs is None:
+            return 0
+        refresh_blobs()
+        refresh_revisions = getattr(self.revisions, "refresh", None)
+        if refresh_revisions is not None:
+            refresh_revisions()
+        return self.index.refresh()
+
     def close(self) -> None:
         """Release the S3 client and its pool (nothing to do for files)."""
         if self.calls is not None:
@@ -42,7 +60,8 @@ class StoreBackend:
 
 
 def open_store(url: str, data_dir: str, clock: Callable[[], float], retention: float,
-               settings: S3Settings | None = None, grace: float = 3600.0) -> StoreBackend:
+               settings: S3Settings | None = None, grace: float = 3600.0,
+               on_reactor: Callable[[], bool] = lambda: False) -> StoreBackend:
     """The backend of `url`: empty for the data dir, `s3://bucket[/prefix]` for a bucket.
 
     With a bucket, the data dir holds only scratch (temporary files, Nix GC roots). Blocks: it
@@ -61,14 +80,46 @@ def open_store(url: str, data_dir: str, clock: Callable[[], float], retention: f
     location = S3Location.parse(url)
     settings = settings or S3Settings()
     calls = S3Calls(make_client(settings), settings)
+    blobs = S3BlobStore(calls, location, os.path.join(data_dir, "tmp"), grace=grace, on_reactor=on_reactor)
     try:
         calls("head_bucket", Bucket=location.bucket)
+        blobs.refresh()  # before the index: every record read names blobs already sized
         s3_records = S3RecordStore(calls, location)
         index = RecordTagIndex(s3_records, clock=clock, retention=retention)
         revisions = RecordLockedRevisions(s3_records)
     except Exception as error:
         calls.close()
         raise StoreUnreachable(f"cannot use {url} ({settings.endpoint or 'AWS'}): {error}") from None
-    blobs = S3BlobStore(calls, location, os.path.join(data_dir, "tmp"), grace=grace)
     return StoreBackend(blobs, s3_records, index, revisions, f"{url} at {settings.endpoint or 'AWS'}", calls,
                         probe=lambda: calls("head_bucket", Bucket=location.bucket))
+
+
+REFRESH_INTERVAL = 15.0
+"""Seconds between looks at what other replicas stored (one listing of blobs and records)."""
+
+
+class StoreRefreshService(TimerService):
+    """With a shared bucket: every REFRESH_INTERVAL seconds, take other replicas' blobs and records."""
+
+    def __init__(self, backend: StoreBackend, run_in_thread: Callable[..., Deferred[Any]], clock: Any,
+                 interval: float = REFRESH_INTERVAL) -> None:
+        super().__init__(interval, self._tick)
+        self.backend = backend
+        self.run_in_thread = run_in_thread
+        self.clock = clock  # TimerService would use the global reactor otherwise
+        self._running: Deferred[Any] | None = None
+
+    def _tick(self) -> Deferred[Any] | None:
+        if self._running is not None:
+            return None  # the last look is still running (a slow store): skip this one
+        running = self.run_in_thread(self.backend.refresh)
+        self._running = running
+
+        def done(result: object) -> None:
+            self._running = None
+            if isinstance(result, Failure):
+                log.warn("cannot refresh from the store: {error}", error=result.getErrorMessage())
+            elif result:
+                log.info("took {count} tag records other replicas stored", count=result)
+
+        return running.addBoth(done)

@@ -46,6 +46,8 @@ class RecordTagIndex:
         self.clock = clock
         self._memory = MemoryTagIndex(clock, retention)
         self._write_lock = threading.Lock()
+        self._seen: dict[str, str] = {}
+        self._by_key: dict[str, TagRecord] = {}
         self._load()
 
     def record_key(self, name: str, tag: str) -> str:
@@ -66,27 +68,58 @@ class RecordTagIndex:
 
     def _load(self) -> None:
         """Read every record and history; skip (with a warning) what cannot be read."""
-        for key in self.backend.keys(self.prefix):
-            base = key[len(self.prefix):]
-            try:
-                stored = self.backend.get(key)
-                if stored is None:
-                    continue
-                data = json.loads(stored.value)
-                if base.startswith("r-"):
-                    record = _record_from_json(data)
-                    if self.record_key(record.name, record.tag) != key:
-                        raise ValueError("key does not match the record's name and tag")
+        with self._write_lock:
+            self._refresh_locked()
+
+    def refresh(self) -> int:
+        """Read what other replicas changed since the last look (one listing); return how many records.
+
+        New and changed records are taken, records another replica's GC removed are forgotten.
+        Blocks.
+        """
+        with self._write_lock:
+            return self._refresh_locked()
+
+    def _refresh_locked(self) -> int:
+        listing = self.backend.versions(self.prefix)
+        changed = 0
+        for key, version in sorted(listing.items()):
+            if self._seen.get(key) == version:
+                continue
+            stored = self.backend.get(key)
+            if stored is None:
+                continue
+            self._seen[key] = stored.version
+            changed += self._take(key, stored.value)
+        for key in [key for key in self._by_key if key not in listing]:
+            record = self._by_key.pop(key)
+            self._seen.pop(key, None)
+            changed += self._memory.remove(record)
+        return changed
+
+    def _take(self, key: str, value: bytes) -> int:
+        """Put a stored record or history into memory; return 1 if a record changed, else 0."""
+        base = key[len(self.prefix):]
+        try:
+            data = json.loads(value)
+            if base.startswith("r-"):
+                record = _record_from_json(data)
+                if self.record_key(record.name, record.tag) != key:
+                    raise ValueError("key does not match the record's name and tag")
+                self._by_key[key] = record
+                if self._memory.get(record.name, record.tag) != record:
                     self._memory.put(record)
-                elif base.startswith("d-"):
-                    name, entries = _history_from_json(data, self.written_at(key))
-                    if self.history_key(name) != key:
-                        raise ValueError("key does not match the history's name")
-                    self._memory.restore(name, entries)
-                else:
-                    raise ValueError("unexpected record in the index")
-            except Exception as error:  # a bad record must never stop start-up
-                log.warn("skipping unreadable tag index file {path}: {error}", path=self.where(key), error=error)
+                    return 1
+            elif base.startswith("d-"):
+                name, entries = _history_from_json(data, self.written_at(key))
+                if self.history_key(name) != key:
+                    raise ValueError("key does not match the history's name")
+                self._memory.restore(name, entries)
+            else:
+                raise ValueError("unexpected record in the index")
+        except Exception as error:  # a bad record must never stop start-up
+            log.warn("skipping unreadable tag index file {path}: {error}", path=self.where(key), error=error)
+        return 0
 
     def _stored_record(self, key: str) -> tuple[TagRecord | None, str | None, bool]:
         """(the stored record or None, its version, whether anything is stored at all)."""
@@ -106,7 +139,9 @@ class RecordTagIndex:
             stored, version, _ = self._stored_record(key)
             if not expected(stored):
                 return stored
-            if self.backend.swap(key, body, version) is not None:
+            written = self.backend.swap(key, body, version)
+            if written is not None:
+                self._seen[key], self._by_key[key] = written, record
                 return None
 
     def _write_history(self, name: str, without_tag: str | None = None) -> None:
@@ -176,6 +211,8 @@ class RecordTagIndex:
                 stored, version, present = self._stored_record(key)
                 if not present or stored != record or self.backend.delete(key, version):
                     break
+            self._seen.pop(key, None)
+            self._by_key.pop(key, None)
             return self._memory.remove(record)
 
     def forget_expired(self) -> list[str]:

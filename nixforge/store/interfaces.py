@@ -171,6 +171,9 @@ class IRecordStore(Interface):
     def keys(prefix: str) -> list[str]:
         """Return every key starting with `prefix`, sorted."""
 
+    def versions(prefix: str) -> dict[str, str]:
+        """Return the version of every record whose key starts with `prefix` (one listing)."""
+
 
 class ICollectableBlobStore(IBlobStore):
     """What GC may delete: every stored blob, and a delete that spares what builds still use."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from typing import Any
@@ -11,7 +12,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nixforge.store.interfaces import ILockedRevisions, IRecordStore
-from nixforge.store.records import FilesystemRecordStore, load_all, update_json
+from nixforge.store.records import FilesystemRecordStore, update_json
 
 log = Logger()
 
@@ -69,6 +70,7 @@ class RecordLockedRevisions:
         self.prefix = prefix
         self._memory = MemoryLockedRevisions()
         self._write_lock = threading.Lock()
+        self._seen: dict[str, str] = {}
         self._load()
 
     def key(self, flake: str, revision: str) -> str:
@@ -81,16 +83,24 @@ class RecordLockedRevisions:
 
     def _load(self) -> None:
         """Read every record; skip (with a warning) what cannot be read."""
-        def parse(key: str, document: Any) -> tuple[str, str, list[str]]:
-            flake, revision, refs = _entry_from_json(document)
-            if self.key(flake, revision) != key:
-                raise ValueError("file name does not match its flake and revision")
-            return flake, revision, refs
+        self.refresh()
 
-        def warn(key: str, error: Exception) -> None:
-            log.warn("skipping unreadable locked-revision file {path}: {error}", path=self.where(key), error=error)
-
-        for flake, revision, refs in load_all(self.records, self.prefix, parse, warn):
+    def refresh(self) -> None:
+        """Read the records that changed since the last look (other replicas' locks). Blocks."""
+        for key, version in sorted(self.records.versions(self.prefix).items()):
+            if self._seen.get(key) == version:
+                continue
+            self._seen[key] = version
+            try:
+                stored = self.records.get(key)
+                if stored is None:
+                    continue
+                flake, revision, refs = _entry_from_json(json.loads(stored.value))
+                if self.key(flake, revision) != key:
+                    raise ValueError("file name does not match its flake and revision")
+            except Exception as error:  # a bad record must never stop start-up
+                log.warn("skipping unreadable locked-revision file {path}: {error}", path=self.where(key), error=error)
+                continue
             for ref in refs:
                 self._memory.record(flake, revision, ref)
 

@@ -10,7 +10,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from zope.interface import implementer
 
@@ -19,7 +19,6 @@ from nixforge.store.interfaces import IRecordStore, StoredRecord
 
 TEMP_PREFIX = ".tmp-"
 _KEY = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*")
-T = TypeVar("T")
 
 
 def check_key(key: str) -> str:
@@ -51,19 +50,6 @@ def update_json(records: IRecordStore, key: str, change: Callable[[Any | None], 
             return None
         if records.swap(key, encode_json(document), None if stored is None else stored.version) is not None:
             return document
-
-
-def load_all(records: IRecordStore, prefix: str, parse: Callable[[str, Any], T],
-             warn: Callable[[str, Exception], None]) -> Iterator[T]:
-    """Yield `parse(key, document)` for every record under `prefix`; warn about (and skip) bad ones."""
-    for key in records.keys(prefix):
-        try:
-            stored = records.get(key)
-            if stored is None:
-                continue
-            yield parse(key, json.loads(stored.value))
-        except Exception as error:  # a bad record must never stop start-up
-            warn(key, error)
 
 
 def _version(value: bytes) -> str:
@@ -116,6 +102,11 @@ class MemoryRecordStore:
         """Every key under `prefix`, sorted."""
         with self._lock:
             return sorted(key for key in self._records if key.startswith(prefix))
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        """The version of every record under `prefix`."""
+        with self._lock:
+            return {key: stored.version for key, stored in self._records.items() if key.startswith(prefix)}
 
 
 @implementer(IRecordStore)
@@ -200,6 +191,15 @@ class FilesystemRecordStore:
                 if not name.startswith(".") and key.startswith(prefix) and _KEY.fullmatch(key):
                     found.append(key)
         return sorted(found)
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        """The version of every record under `prefix` (reads each file: records are small)."""
+        found = {}
+        for key in self.keys(prefix):
+            stored = self.get(key)
+            if stored is not None:
+                found[key] = stored.version
+        return found
 
     def remove_temporaries(self, directories: Iterable[str] = ("",)) -> int:
         """Delete temp files a crash left in `directories` (at start-up, before any write); return how many."""

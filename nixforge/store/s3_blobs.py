@@ -90,15 +90,17 @@ class S3BlobWriter:
 class S3BlobStore:
     """Blob `sha256:<hex>` is the object `<prefix>blobs/sha256/<hex>`; stored blobs are never rewritten.
 
-    Sizes of present blobs are cached (blobs never change); reads are copied into a local
-    temporary file so callers get a seekable file. `temp_dir` is local scratch. GC never deletes
-    a blob this process first listed less than `grace` seconds ago (on its own monotonic clock), so
-    blobs another replica's running build wrote but has not recorded yet are safe.
+    Sizes of present blobs are cached (blobs never change) and refreshed by a listing; on the
+    reactor thread (`on_reactor`), `size` answers from that cache only, never with a request.
+    Reads are copied into a local temporary file so callers get a seekable file. `temp_dir` is
+    local scratch. GC never deletes a blob this process first listed less than `grace` seconds ago
+    (on its own monotonic clock), so blobs another replica's running build wrote but has not
+    recorded yet are safe.
     """
 
     def __init__(self, calls: S3Calls, location: S3Location, temp_dir: str, grace: float = 3600.0,
                  monotonic: Callable[[], float] = time.monotonic, multipart_threshold: int = MULTIPART_THRESHOLD,
-                 part_size: int = PART_SIZE) -> None:
+                 part_size: int = PART_SIZE, on_reactor: Callable[[], bool] = lambda: False) -> None:
         self.calls = calls
         self.bucket = location.bucket
         self.base = f"{location.prefix}blobs/sha256/"
@@ -108,6 +110,7 @@ class S3BlobStore:
         self.multipart_threshold = multipart_threshold
         self.part_size = part_size
         self.multipart_uploads = 0
+        self.on_reactor = on_reactor
         self.leases = BlobLeases()
         self._sizes: dict[str, int] = {}
         self._first_seen: dict[str, float] = {}
@@ -175,6 +178,8 @@ class S3BlobStore:
             if size is not None:
                 self.leases.touch_locked(digest)
                 return size
+        if self.on_reactor():
+            return None  # unknown until the next refresh; no request may block the reactor
         try:
             head = self.calls("head_object", Bucket=self.bucket, Key=self.key(digest))
         except ClientError as error:
@@ -235,6 +240,14 @@ class S3BlobStore:
         writer = self.writer()
         writer.write(data)
         return writer.commit()
+
+    def refresh(self) -> int:
+        """List the bucket's blobs into the size cache (other replicas' new ones); return how many are new."""
+        found = list(self.digests())
+        with self.leases.lock:
+            new = [(digest, size) for digest, size in found if digest not in self._sizes]
+            self._sizes.update(new)
+        return len(new)
 
     def digests(self) -> Iterator[tuple[str, int]]:
         """Yield `(digest, size)` of every stored blob (one paged listing)."""

@@ -75,10 +75,15 @@ class S3RecordStore:
 
     def keys(self, prefix: str) -> list[str]:
         """Every key under `prefix`, sorted (one listing, paged)."""
-        def listing() -> list[str]:
-            found = []
+        return sorted(self.versions(prefix))
+
+    def versions(self, prefix: str) -> dict[str, str]:
+        """Every key under `prefix` with its ETag (one listing, paged)."""
+        def listing() -> dict[str, str]:
+            found = {}
             paginator = self.calls.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.base + prefix):
-                found.extend(item["Key"][len(self.base):] for item in page.get("Contents", []))
+                for item in page.get("Contents", []):
+                    found[item["Key"][len(self.base):]] = str(item["ETag"])
             return found
-        return sorted(self.calls.run("list_objects_v2", listing))
+        return dict(self.calls.run("list_objects_v2", listing))

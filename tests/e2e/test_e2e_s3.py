@@ -11,6 +11,7 @@ from tests.e2e.e2e_support import BUILD_STARTED, ForgeFactory, ForgeProcess, run
 from tests.s3_server import SeaweedServer
 
 NIX_BUILD = re.compile(r"running \S*nix build ")
+TOOK_RECORDS = re.compile(r"took \d+ tag records other replicas stored")
 
 
 def skopeo_copy(forge: ForgeProcess, name: str, target: Path) -> str:
@@ -44,3 +45,16 @@ def test_a_replica_on_an_empty_disk_serves_every_image_another_built(
     assert durable_files(server.data_dir) == []
     listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="registry/records/index/")
     assert [item["Key"].rsplit("/", 1)[1][:2] for item in listed["Contents"]] == ["r-"]
+
+
+def test_a_running_replica_takes_what_another_built_since(
+        forge_factory: ForgeFactory, s3_server: SeaweedServer, tmp_path: Path) -> None:
+    bucket = s3_server.create_bucket(f"e2e-{uuid.uuid4().hex[:12]}")
+    environment = {**s3_server.environ(), "NIXFORGE_STORE": f"s3://{bucket}"}
+    builder = forge_factory("a", extra_env=environment)
+    server = forge_factory("b", extra_env=environment)  # running before A builds anything
+    built = skopeo_copy(builder, "hello", tmp_path / "from-a")
+    server.wait_for(TOOK_RECORDS, timeout=60, what="B taking A's record (a refresh every 15 s)")
+    assert skopeo_copy(server, "hello", tmp_path / "from-b") == built
+    server.sync_log()
+    assert server.matching_lines(NIX_BUILD) == [] and server.matching_lines(BUILD_STARTED) == []

@@ -126,6 +126,19 @@ class TestS3BlobStore(BlobStoreContract):
             second.upload(digest, file, 5)
         assert first.read(digest) == b"layer"
 
+    def test_on_the_reactor_size_answers_from_the_cache_that_refresh_fills(
+            self, s3_calls: S3Calls, s3_location: S3Location, tmp_path: Path) -> None:
+        on_reactor = [True]
+        replica = S3BlobStore(s3_calls, s3_location, scratch(tmp_path), on_reactor=lambda: on_reactor[0])
+        other = S3BlobStore(s3_calls, s3_location, scratch(tmp_path))
+        digest, size = other.put(b"built by another replica")
+        assert replica.size(digest) is None  # no request from the reactor thread
+        assert replica.refresh() == 1 and replica.refresh() == 0
+        assert replica.size(digest) == size
+        later, later_size = other.put(b"built later")
+        on_reactor[0] = False
+        assert replica.size(later) == later_size  # from a worker thread: one HEAD
+
     def test_gc_spares_blobs_first_seen_within_the_grace_period(self, s3_calls: S3Calls, s3_location: S3Location,
                                                                 tmp_path: Path) -> None:
         now = [100.0]

@@ -124,6 +124,21 @@ class SharedRecordsContract:
         assert second.get("hello", "latest") == record("hello", "latest", seed="2", built_at=2)
         assert second.has_manifest("hello", digest("oci1"))
 
+    def test_refresh_takes_what_another_replica_wrote_and_forgets_what_it_removed(
+            self, records: IRecordStore) -> None:
+        one, two = RecordTagIndex(records), RecordTagIndex(records)
+        hello = record("hello", "latest", seed="1")
+        one.put(hello)
+        assert two.get("hello", "latest") is None
+        assert two.refresh() == 1 and two.get("hello", "latest") == hello
+        assert two.refresh() == 0  # nothing changed: no record read again
+        newer = record("hello", "latest", seed="2", built_at=2)
+        one.put(newer)
+        assert two.refresh() == 1 and two.get("hello", "latest") == newer
+        assert two.has_manifest("hello", digest("oci1"))  # the superseded digest came along
+        assert one.remove(newer)
+        assert two.refresh() == 1 and two.get("hello", "latest") is None and two.names() == []
+
     def test_an_older_build_never_replaces_a_newer_record(self, records: IRecordStore) -> None:
         slow, fast = RecordTagIndex(records), RecordTagIndex(records)
         fast.put(record("hello", "latest", seed="new", built_at=20))

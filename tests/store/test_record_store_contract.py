@@ -62,6 +62,13 @@ class RecordStoreContract:
         assert records.keys("index/r-") == ["index/r-a.json", "index/r-b.json"]
         assert records.keys("pulls") == ["pulls.json"]
 
+    def test_versions_lists_what_get_returns(self, records: IRecordStore) -> None:
+        records.put("index/r-a.json", b"1")
+        records.put("index/r-b.json", b"2")
+        records.put("other.json", b"3")
+        versions = records.versions("index/")
+        assert versions == {key: records.get(key).version for key in ["index/r-a.json", "index/r-b.json"]}  # type: ignore[union-attr]
+
     @pytest.mark.parametrize("key", ["", "/abs", "a/../b", ".hidden", "a//b", "a/.tmp-x", "sp ace"])
     def test_bad_keys_are_refused(self, records: IRecordStore, key: str) -> None:
         with pytest.raises(ValueError):
