@@ -47,12 +47,13 @@ from nixforge.oci.manifest_references import ManifestReferences
 from nixforge.readiness import ReadinessCheck, ReadinessService
 from nixforge.refresh_access import RefreshAccess
 from nixforge.store.backend import StoreBackend, StoreRefreshService, StoreUnreachable, open_store
-from nixforge.store.gc import GarbageCollector
+from nixforge.store.gc import GC_LEASE_TTL, GarbageCollector
 from nixforge.store.gc_journal import GcJournal
 from nixforge.store.gc_service import GcScheduler, GcTimerService
 from nixforge.store.interfaces import IBlobLocations
 from nixforge.store.layer_cache import LayerCache
 from nixforge.store.pull_times import PullTimes
+from nixforge.store.record_leases import RecordLeases
 from nixforge.store.s3_client import S3Settings
 
 log = Logger()
@@ -223,8 +224,9 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
         StoreRefreshService(backend, run_in_thread, reactor).setServiceParent(root)
     store, index, records = backend.blobs, backend.index, backend.records
     layer_cache = LayerCache(records)
+    shared = RecordLeases(records, ttl=GC_LEASE_TTL) if backend.calls is not None else None
     collector = GarbageCollector(store, index, layer_cache, PullTimes(records), GcJournal(records),
-                                 ManifestReferences(), max_size=config.max_store_size)
+                                 ManifestReferences(), max_size=config.max_store_size, shared=shared)
     gc = GcScheduler(collector, run_in_thread, reactor)
     GcTimerService(gc, config.gc_interval).setServiceParent(root)
     nix = NixClient(reactor=reactor, nix_binary=config.nix_binary, options=config.nix_options,

@@ -20,8 +20,11 @@ blob until its record is indexed, and the store numbers every blob it publishes 
 GC takes the floor (oldest live lease, else "now") when it starts and spares every blob touched at
 or after it, checking under the store's lock as it unlinks: a layer-cache hit during the sweep
 either sees the blob gone (and writes it again) or protects it. Reads by clients are not blocked.
-Leases live in one process, so GC assumes one registry per data dir: replicas sharing a blob store
-would need the leases kept in the store itself (not done).
+Leases live in one process. Replicas sharing a bucket (`shared`) add three things: one replica
+collects at a time, under a GC lease kept in the record store; it first reads every replica's
+records, so it marks from all of them; and the S3 blob store never deletes a blob it first saw
+less than NIXFORGE_GC_GRACE ago, which covers blobs other replicas' running builds wrote but have
+not recorded yet.
 
 **Readers.** Blobs are unlinked, never truncated: a blob being streamed stays readable to its end.
 
@@ -46,10 +49,14 @@ from nixforge.store.gc_journal import GcJournal, GcPlan
 from nixforge.store.interfaces import ICollectableBlobStore, IReferences, IRetainedIndex, TagRecord
 from nixforge.store.layer_cache import LayerCache
 from nixforge.store.pull_times import PullTimes
+from nixforge.store.record_leases import Lease, RecordLeases
 
 log = Logger()
 
 _MANIFEST_LIMIT = 4 << 20
+_RENEW_EVERY = 256  # deletions between renewals of the shared GC lease
+GC_LEASE_TTL = 300.0
+"""Seconds a GC lease lives without renewal before another replica may take it over."""
 
 
 @frozen
@@ -83,6 +90,7 @@ class GarbageCollector:
         journal: GcJournal,
         references: IReferences,
         max_size: int | None = None,
+        shared: RecordLeases | None = None,
     ) -> None:
         self.store = store
         self.index = index
@@ -91,6 +99,9 @@ class GarbageCollector:
         self.max_size = max_size
         self.journal = journal
         self.references = references
+        self.shared = shared
+        self._lease: Lease | None = None
+        self._lost = False
         self.cancelled = threading.Event()
         self._references: dict[str, frozenset[str]] = {}
 
@@ -183,7 +194,9 @@ class GarbageCollector:
         deleted, freed = 0, 0
         gone = set() if gone is None else gone
         already = set(gone)
-        for digest in candidates:
+        for number, digest in enumerate(candidates):
+            if number % _RENEW_EVERY == _RENEW_EVERY - 1:
+                self._renew()
             if self.cancelled.is_set():
                 self.layer_cache.forget_blobs(gone - already)
                 return deleted, freed, False
@@ -238,11 +251,45 @@ class GarbageCollector:
         sizes = [size for _, size in self.store.digests()]
         return sum(sizes), len(sizes)
 
+    def _renew(self) -> None:
+        """Keep the shared GC lease alive; stop the run (as if cancelled) if another replica took it."""
+        if self.shared is None or self._lease is None:
+            return
+        self._lease = self.shared.renew(self._lease)
+        if self._lease is None:
+            self._lost = True
+            log.warn("gc: the GC lease was taken over by another replica; stopping this run")
+            self.cancelled.set()
+
     def collect(self, reason: str = "timer", only_over_cap: bool = False) -> GcResult | None:
         """Run once: finish a left-over journal, forget expired digests, evict over the cap, sweep.
 
-        With `only_over_cap`, do nothing (return None) while the store fits its cap.
+        With `only_over_cap`, do nothing (return None) while the store fits its cap. With `shared`
+        (replicas on one bucket), only the holder of the GC lease runs, after reading every replica's
+        records and blobs; the others return None.
         """
+        if self.shared is None:
+            return self._collect(reason, only_over_cap)
+        self._lease = self.shared.acquire("gc")
+        if self._lease is None:
+            log.info("gc ({reason}): another replica holds the GC lease; not collecting", reason=reason)
+            return None
+        try:
+            for source in (self.store, self.index):  # mark from every record in the bucket
+                refresh = getattr(source, "refresh", None)
+                if refresh is not None:
+                    refresh()
+            self._renew()
+            return self._collect(reason, only_over_cap)
+        finally:
+            if self._lease is not None:
+                self.shared.release(self._lease)
+                self._lease = None
+            if self._lost:
+                self._lost = False
+                self.cancelled.clear()  # a lost lease stopped this run only
+
+    def _collect(self, reason: str, only_over_cap: bool) -> GcResult | None:
         if only_over_cap and not self.over_cap() and self.journal.read() is None:
             log.debug("gc ({reason}): the store is within its cap", reason=reason)
             return None
