@@ -315,6 +315,9 @@ SETTINGS: tuple[Setting, ...] = (
             "them through the replica, for buckets clients can't reach)."),
     Setting("s3_url_ttl", "NIXFORGE_S3_URL_TTL", "s3-url-ttl", "300", _positive_duration,
             "Seconds a presigned blob URL stays valid."),
+    Setting("build_lease", "NIXFORGE_BUILD_LEASE", "build-lease", "60", _positive_duration,
+            "With an S3 store: seconds a replica's build lease lives without renewal (renewed every third) "
+            "before a waiting replica takes the build over."),
     Setting("gc_grace", "NIXFORGE_GC_GRACE", "gc-grace", "1h", _positive_duration,
             "With an S3 store: GC never deletes a blob it first saw less than this long ago (longer than "
             "NIX_BUILD_TIMEOUT), so other replicas' running builds keep theirs."),
@@ -370,6 +373,7 @@ class ForgeConfig:
     s3_redirect: bool = True
     s3_url_ttl: float = 300.0
     gc_grace: float = 3600.0
+    build_lease: float = 60.0
 
     @classmethod
     def from_sources(

@@ -40,6 +40,7 @@ from nixforge.images.image_script import ScriptRunner
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.script_user import ScriptUser
 from nixforge.images.service import ImageService
+from nixforge.images.shared_builds import SharedBuilds
 from nixforge.images.systems import SystemsBuilder, host_platform, host_system
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
@@ -248,7 +249,7 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
         flake=config.flake, policy=policy, refresh_interval=config.refresh_interval, max_builds=config.max_builds,
         max_queued_builds=config.max_queued_builds, cache_size=config.cache_size, keeper=gc,
         catalog=FlakeCatalog(nix, host, timeout=config.build_timeout), host_platform=host_platform(),
-        failure_ttl=config.failure_ttl,
+        failure_ttl=config.failure_ttl, shared_builds=_shared_builds(config, backend, run_in_thread, reactor),
     )
     readiness = ReadinessCheck(config.data_dir, run_in_thread, nix.version, store_probe=backend.probe,
                                store_name=config.store)
@@ -289,6 +290,15 @@ def _open_store(config: ForgeConfig, reactor: Any) -> StoreBackend:
         raise SystemExit(f"nixforge: {error}") from None
     reactor.addSystemEventTrigger("after", "shutdown", backend.close)
     return backend
+
+
+def _shared_builds(config: ForgeConfig, backend: StoreBackend, run_in_thread: Callable[..., Deferred[Any]],
+                   reactor: Any) -> SharedBuilds | None:
+    """With a bucket: build leases, so that one replica builds and the others wait for its record."""
+    if backend.calls is None:
+        return None
+    return SharedBuilds(RecordLeases(backend.records, ttl=config.build_lease), backend.index.reload,
+                        run_in_thread, reactor)
 
 
 def _blob_url(config: ForgeConfig, backend: StoreBackend,

@@ -32,6 +32,7 @@ from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.images.manifest_cache import ManifestCache
 from nixforge.images.missing_cache import MISSING_TTL, MissingCache
 from nixforge.images.policy import AccessPolicy
+from nixforge.images.shared_builds import SharedBuilds
 from nixforge.images.single_flight import SingleFlight
 from nixforge.images.systems import SystemsPlan
 from nixforge.images.targets import BuildTarget, flake_ref_for, is_immutable, target_for
@@ -94,6 +95,7 @@ class ImageService:
     failure_ttl: float = FAILURE_TTL
     host_platform: Platform | None = None
     observer: IBuildObserver = field(factory=NoBuildObserver)
+    shared_builds: SharedBuilds | None = None  # replicas on one bucket: one build across them
     _flights: SingleFlight = field(factory=SingleFlight, init=False)
     _slots: DeferredSemaphore = field(init=False)
     _probes: DeferredSemaphore = field(init=False)
@@ -232,6 +234,12 @@ class ImageService:
                     self._refresh_failed_at.pop(key, None)
                     log.info("{name}:{tag} unchanged at {locked}", name=target.name, tag=tag, locked=plan.locked)
                     return manifests
+        held = None
+        if self.shared_builds is not None:
+            outcome = await self.shared_builds.hold_or_wait(target.name, tag, plan.locked, unusable=record)
+            if isinstance(outcome, TagRecord):
+                return await self._load(outcome)
+            held = outcome
         started = self.reactor.seconds()
         build_id = uuid.uuid4().hex[:12]
         note = build_request.get()
@@ -285,6 +293,8 @@ class ImageService:
             raise
         finally:
             self.keeper.end_build(lease)
+            if held is not None:
+                held.release()
         self.keeper.stored()
         self._refresh_failed_at.pop(key, None)
         self._cache.add_image(manifests)

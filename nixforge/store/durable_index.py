@@ -80,6 +80,16 @@ class RecordTagIndex:
         with self._write_lock:
             return self._refresh_locked()
 
+    def reload(self, name: str, tag: str) -> TagRecord | None:
+        """Read (name, tag)'s record from the store now (another replica may have written it). Blocks."""
+        key = self.record_key(name, tag)
+        with self._write_lock:
+            stored = self.backend.get(key)
+            if stored is not None and self._seen.get(key) != stored.version:
+                self._seen[key] = stored.version
+                self._take(key, stored.value)
+            return self._memory.get(name, tag)
+
     def _refresh_locked(self) -> int:
         listing = self.backend.versions(self.prefix)
         changed = 0

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import uuid
 from pathlib import Path
 
-from tests.e2e.e2e_support import BUILD_STARTED, ForgeFactory, ForgeProcess, run_tool, walk_tree
+from tests.e2e.e2e_support import BUILD_STARTED, DOCKER_ACCEPT, ForgeFactory, ForgeProcess, run_tool, walk_tree
 from tests.s3_server import SeaweedServer
 
 NIX_BUILD = re.compile(r"running \S*nix build ")
+BUILT_ELSEWHERE = re.compile(r"hello:latest was built by another replica")
 TOOK_RECORDS = re.compile(r"took \d+ tag records other replicas stored")
 
 
@@ -58,3 +60,29 @@ def test_a_running_replica_takes_what_another_built_since(
     assert skopeo_copy(server, "hello", tmp_path / "from-b") == built
     server.sync_log()
     assert server.matching_lines(NIX_BUILD) == [] and server.matching_lines(BUILD_STARTED) == []
+
+
+def test_concurrent_cold_pulls_over_two_replicas_build_once(
+        forge_factory: ForgeFactory, s3_server: SeaweedServer) -> None:
+    bucket = s3_server.create_bucket(f"e2e-{uuid.uuid4().hex[:12]}")
+    environment = {**s3_server.environ(), "NIXFORGE_STORE": f"s3://{bucket}"}
+    replicas = [forge_factory("a", extra_env=environment), forge_factory("b", extra_env=environment)]
+    answers: list[tuple[int, str]] = []
+
+    def pull(forge: ForgeProcess) -> None:
+        response = forge.manifest("hello", accept=DOCKER_ACCEPT)
+        answers.append((response.status, response.headers.get("docker-content-digest", "")))
+
+    threads = [threading.Thread(target=pull, args=(replicas[n % 2],)) for n in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(600)
+    assert len(answers) == 12 and {status for status, _ in answers} == {200}
+    assert len({digest for _, digest in answers}) == 1
+    for forge in replicas:
+        forge.sync_log()
+    builders = [forge for forge in replicas if forge.matching_lines(BUILD_STARTED)]
+    assert len(builders) == 1 and len(builders[0].matching_lines(BUILD_STARTED)) == 1  # one build in all
+    [waiter] = [forge for forge in replicas if forge is not builders[0]]
+    assert waiter.matching_lines(NIX_BUILD) == [] and len(waiter.matching_lines(BUILT_ELSEWHERE)) == 1
