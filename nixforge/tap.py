@@ -56,6 +56,7 @@ from nixforge.store.layer_cache import LayerCache
 from nixforge.store.pull_times import PullTimes
 from nixforge.store.record_leases import RecordLeases
 from nixforge.store.s3_client import S3Settings
+from nixforge.store.s3_metrics import S3Collector
 
 log = Logger()
 
@@ -256,6 +257,11 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     ReadinessService(readiness, config.ready_interval, reactor).setServiceParent(root)
     builds = BuildBook(keep=config.builds_kept, max_log_bytes=config.build_log_size)
     metrics = RegistryMetrics(images, gc) if config.metrics else None
+    if metrics is not None and backend.calls is not None:
+        leases: list[tuple[str, RecordLeases]] = [("gc", shared)] if shared is not None else []
+        if images.shared_builds is not None:
+            leases.append(("build", images.shared_builds.leases))
+        metrics.registry.register(S3Collector(backend.calls, leases))
     images.observer = BuildObservers((builds, BuildMetrics(metrics))) if metrics is not None else builds
     api = RegistryApi(images, reactor, readiness=lambda: readiness.current, builds=builds, metrics=metrics,
                       max_name_length=config.max_name_length,

@@ -45,6 +45,9 @@ def test_a_replica_on_an_empty_disk_serves_every_image_another_built(
     server.sync_log()
     assert server.matching_lines(NIX_BUILD) == [] and server.matching_lines(BUILD_STARTED) == []
     assert durable_files(server.data_dir) == []
+    metrics = server.get("/metrics").body.decode()
+    assert 'nixforge_s3_requests_total{operation="get_object",outcome="ok"}' in metrics
+    assert re.search(r'nixforge_http_requests_total\{code="307",method="GET",route="[^"]*blob', metrics), metrics
     listed = s3_server.client().list_objects_v2(Bucket=bucket, Prefix="registry/records/index/")
     assert [item["Key"].rsplit("/", 1)[1][:2] for item in listed["Contents"]] == ["r-"]
 
