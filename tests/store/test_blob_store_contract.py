@@ -33,7 +33,6 @@ class BlobStoreContract:
         assert verifyObject(IBlobWriter, writer)
         writer.abort()
 
-
     def test_round_trip_streamed(self, store: IBlobStore) -> None:
         """A blob written in chunks reads back whole, by every accessor."""
         chunks = [bytes([i]) * 65536 for i in range(48)]
@@ -48,14 +47,12 @@ class BlobStoreContract:
             assert blob.read(10) == data[:10]
             assert blob.read() == data[10:]
 
-
     def test_put_small_and_empty(self, store: IBlobStore) -> None:
         """`put` stores small documents, including the empty blob."""
         assert store.put(b'{"a": 1}') == (sha256(b'{"a": 1}'), 8)
         assert store.put(b"") == (sha256(b""), 0)
         assert store.read(sha256(b"")) == b""
         assert store.size(sha256(b"")) == 0
-
 
     def test_unknown_blob(self, store: IBlobStore) -> None:
         """Absent blobs have no size and raise BlobUnknown on reads."""
@@ -65,7 +62,6 @@ class BlobStoreContract:
             store.read(digest)
         with pytest.raises(BlobUnknown):
             store.open(digest)
-
 
     @pytest.mark.parametrize(
         "digest",
@@ -88,7 +84,6 @@ class BlobStoreContract:
         with pytest.raises(BlobUnknown):
             store.open(digest)
 
-
     def test_digest_mismatch_publishes_nothing(self, store: IBlobStore) -> None:
         """A commit against the wrong digest raises DigestInvalid and leaves nothing behind."""
         claimed = sha256(b"something else")
@@ -99,7 +94,6 @@ class BlobStoreContract:
         assert store.size(sha256(b"actual content")) is None
         assert store.size(claimed) is None
         writer.abort()  # harmless after a failed commit
-
 
     def test_abort_leaves_nothing(self, store: IBlobStore) -> None:
         """An aborted blob never becomes visible; aborting twice is fine; the writer is then closed."""
@@ -113,7 +107,6 @@ class BlobStoreContract:
         with pytest.raises(ValueError):
             writer.commit()
 
-
     def test_abort_after_commit_keeps_blob(self, store: IBlobStore) -> None:
         """Aborting a committed writer does not unpublish the blob."""
         writer = store.writer()
@@ -121,7 +114,6 @@ class BlobStoreContract:
         writer.commit()
         writer.abort()
         assert store.read(sha256(b"kept")) == b"kept"
-
 
     def test_second_identical_write_is_harmless(self, store: IBlobStore) -> None:
         """Writing an existing blob again (even concurrently) returns the same digest, content intact."""
