@@ -39,6 +39,12 @@ class StoreBackend:
     probe: Callable[[], object] | None = None
     """A small request that must succeed while the store is usable (None: the data dir, checked anyway)."""
 
+    def refresh_blobs(self) -> None:
+        """Learn the blobs other replicas stored (one listing; nothing to do for the data dir). Blocks."""
+        refresh = getattr(self.blobs, "refresh", None)
+        if refresh is not None:
+            refresh()
+
     def refresh(self) -> int:
         """Take what other replicas stored since the last look: blobs first, then records. Blocks.
 

@@ -66,7 +66,7 @@ def test_a_running_replica_takes_what_another_built_since(
 
 
 def test_concurrent_cold_pulls_over_two_replicas_build_once(
-        forge_factory: ForgeFactory, s3_server: SeaweedServer) -> None:
+        forge_factory: ForgeFactory, s3_server: SeaweedServer, tmp_path: Path) -> None:
     bucket = s3_server.create_bucket(f"e2e-{uuid.uuid4().hex[:12]}")
     environment = {**s3_server.environ(), "NIXFORGE_STORE": f"s3://{bucket}"}
     replicas = [forge_factory("a", extra_env=environment), forge_factory("b", extra_env=environment)]
@@ -89,3 +89,4 @@ def test_concurrent_cold_pulls_over_two_replicas_build_once(
     assert len(builders) == 1 and len(builders[0].matching_lines(BUILD_STARTED)) == 1  # one build in all
     [waiter] = [forge for forge in replicas if forge is not builders[0]]
     assert waiter.matching_lines(NIX_BUILD) == [] and len(waiter.matching_lines(BUILT_ELSEWHERE)) == 1
+    skopeo_copy(waiter, "hello", tmp_path / "from-waiter")  # it knows the blobs the builder stored

@@ -35,8 +35,12 @@ def test_store_stopped_then_started(tmp_path: Path, flake_ref: str) -> None:
 
         server.start()
         assert wait_until(lambda: forge.get("/readyz").status == 200, 60), forge.log_tail()
-        location = http_request(forge.url(f"/v2/hello/blobs/{layer}"))
-        assert location.status == 200 and sha256_digest(location.body) == layer  # followed the 307
+
+        def blob_served() -> bool:  # followed the 307; SeaweedFS's volume server may lag its S3 port a little
+            answer = http_request(forge.url(f"/v2/hello/blobs/{layer}"))
+            return answer.status == 200 and sha256_digest(answer.body) == layer
+
+        assert wait_until(blob_served, 30)
     finally:
         if forge is not None:
             forge.stop()
