@@ -266,7 +266,8 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     api = RegistryApi(images, reactor, readiness=lambda: readiness.current, builds=builds, metrics=metrics,
                       max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
-                      refresh_access=_refresh_access(config), blob_url=_blob_url(config, backend, readiness))
+                      refresh_access=_refresh_access(config), blob_url=_blob_url(config, backend, readiness),
+                      open_blob=run_in_thread if backend.calls is not None else None)
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
     site = EdgeSite(_observed(_with_auth(api.resource(), config, run_in_thread, reactor), config, metrics, reactor),
                     header_timeout=config.header_timeout, send_timeout=config.send_timeout,

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from klein import Klein
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -132,8 +132,10 @@ class RegistryApi:
         builds: BuildBook | None = None,
         metrics: RegistryMetrics | None = None,
         blob_url: Callable[[str], str | None] | None = None,
+        open_blob: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
     ) -> None:
         self._blob_url = blob_url
+        self._open_blob = open_blob
         self._builds = builds or BuildBook()
         self._metrics = metrics
         self._readiness = readiness or (lambda: NOT_CHECKED)
@@ -302,7 +304,9 @@ class RegistryApi:
             request.setResponseCode(206)
             request.setHeader(b"Content-Range", byte_range.content_range().encode())
         request.setHeader(b"Content-Length", str(length).encode())
-        await send_blob(request, blob.open(), offset, length, self._reactor, self._schedule)
+        # A store whose open() fetches (an object store, NIXFORGE_S3_REDIRECT=false) opens in a thread.
+        file = blob.open() if self._open_blob is None else await self._open_blob(blob.open)
+        await send_blob(request, file, offset, length, self._reactor, self._schedule)
         return None
 
     async def _referrers(self, request: IRequest, name: str, digest_text: str) -> bytes:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from nixforge.api import RegistryApi
@@ -156,3 +158,17 @@ def test_a_blob_get_redirects_to_the_store_url_after_the_checks(images: FakeImag
     unknown, _ = client.request("GET", "/v2/lib/hello/blobs/sha256:" + "0" * 64)
     assert unknown.code == 404 and header(unknown, "Location") is None
     assert asked == [digest]
+
+
+def test_a_blob_store_that_fetches_is_opened_through_the_given_thread_runner(
+        images: FakeImageService, clock: Clock, digest: str) -> None:
+    opened_through: list[object] = []
+
+    def open_blob(opener: Any) -> Deferred[Any]:
+        opened_through.append(opener)
+        return succeed(opener())
+
+    client = StubClient(RegistryApi(images, clock, open_blob=open_blob).resource(), clock)
+    response, body = client.request("GET", f"/v2/lib/hello/blobs/{digest}", headers={"Range": ["bytes=2-5"]})
+    assert response.code == 206 and body == DATA[2:6]
+    assert len(opened_through) == 1 and len(images.opened) == 1 and images.opened[0].closed
