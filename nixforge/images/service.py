@@ -22,6 +22,7 @@ from nixforge.errors import (
     ManifestUnknown,
     NameUnknown,
     StoreFull,
+    StoreUnavailable,
     TooManyBuilds,
 )
 from nixforge.images.build_events import BuildStart, IBuildObserver, NoBuildObserver, build_request
@@ -165,6 +166,8 @@ class ImageService:
         if record is not None:
             try:
                 manifests = await self._load(record)
+            except StoreUnavailable:
+                raise  # the store did not answer: the image may well be whole
             except ForgeError:
                 log.warn("stored image {name}:{tag} is incomplete; rebuilding", name=name, tag=tag)
             else:
@@ -225,6 +228,8 @@ class ImageService:
         if record is not None and record.source == plan.locked:
             try:
                 manifests = await self._load(record)
+            except StoreUnavailable:
+                raise
             except ForgeError:
                 pass  # stored image incomplete: build it again
             else:
