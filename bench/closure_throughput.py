@@ -30,8 +30,8 @@ from attrs import frozen
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from nixforge.oci.closure_image import DEFAULT_WORKERS, PackageMeta, assemble_closure_image
-from nixforge.oci.layer_cache import LayerCache
 from nixforge.store.filesystem import FilesystemBlobStore
+from nixforge.store.layer_cache import LayerCache
 
 MB = 1_000_000
 
@@ -125,7 +125,7 @@ def run_baseline(paths: Sequence[str], store_dir: str, out: Path) -> float:
 def run_assembly(closure: list[PathInfo], store_dir: str, data: Path, workers: int, max_layers: int) -> float:
     """Time one assembly into an empty store and cache; also report the cached re-assembly."""
     store = FilesystemBlobStore(str(data / "blobs"))
-    cache = LayerCache(str(data / "layers"))
+    cache = LayerCache.in_directory(str(data / "layers"))
     meta = PackageMeta(name="app", out_path=closure[0].path, main_program=None, labels={})
     start = time.perf_counter()
     assemble_closure_image(store, cache, closure, meta, max_layers, store_dir, workers)

@@ -218,6 +218,22 @@ def _positive_duration(text: str) -> float:
     return value
 
 
+def _store(text: str) -> str:
+    """Empty (the data dir) or a well-formed s3://bucket[/prefix]."""
+    if text:
+        from nixforge.store.s3_client import S3Location
+
+        S3Location.parse(text)
+    return text
+
+
+def _url(text: str) -> str:
+    """Empty or an http(s) URL."""
+    if text and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", text):
+        raise ValueError("must be an http:// or https:// URL")
+    return text
+
+
 def parse_nix_options(text: str) -> tuple[tuple[str, str], ...]:
     """Parse `NAME=VALUE` pairs separated by newlines or semicolons."""
     pairs = []
@@ -319,6 +335,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("cache_key_file", "NIXFORGE_CACHE_KEY_FILE", "cache-key-file", "", _cache_key_file,
             "Secret key (nix-store --generate-binary-cache-key) signing the Nix binary cache at /nix-cache/ "
             "of the served closures; empty: no cache."),
+    Setting("store", "NIXFORGE_STORE", "store", "", _store,
+            "Where everything durable lives: empty for the data dir, or s3://bucket[/prefix] (replicas share it)."),
+    Setting("s3_endpoint", "NIXFORGE_S3_ENDPOINT", "s3-endpoint", "", _url,
+            "S3 endpoint URL (MinIO, SeaweedFS, Ceph RGW; path-style addressing); empty: AWS."),
+    Setting("s3_pool", "NIXFORGE_S3_POOL", "s3-pool", "16", _positive_int,
+            "Threads (and connections) for S3 requests."),
+    Setting("s3_redirect", "NIXFORGE_S3_REDIRECT", "s3-redirect", "true", _boolean,
+            "true or false: with an S3 store, answer blob GETs with a 307 to a presigned URL (false: stream "
+            "them through the replica, for buckets clients can't reach)."),
+    Setting("s3_url_ttl", "NIXFORGE_S3_URL_TTL", "s3-url-ttl", "300", _positive_duration,
+            "Seconds a presigned blob URL stays valid."),
+    Setting("build_lease", "NIXFORGE_BUILD_LEASE", "build-lease", "60", _positive_duration,
+            "With an S3 store: seconds a replica's build lease lives without renewal (renewed every third) "
+            "before a waiting replica takes the build over."),
+    Setting("gc_grace", "NIXFORGE_GC_GRACE", "gc-grace", "1h", _positive_duration,
+            "With an S3 store: GC never deletes a blob it first saw less than this long ago (longer than "
+            "NIX_BUILD_TIMEOUT), so other replicas' running builds keep theirs."),
 )
 
 

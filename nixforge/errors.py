@@ -82,3 +82,10 @@ class BuildInProgress(ForgeError):
     def __init__(self, message: str, retry_after: int, detail: object = None) -> None:
         super().__init__(message, detail)
         self.retry_after = retry_after
+
+
+class StoreUnavailable(StoreFull):
+    """The object store did not answer (unreachable, slow, 5xx); the client should retry soon."""
+
+    def __init__(self, message: str, retry_after: int = 5, detail: object = None) -> None:
+        super().__init__(message, retry_after, detail)

@@ -1,4 +1,4 @@
-"""Readiness: a periodic check that the data dir is writable and Nix runs, cached for /readyz."""
+"""Readiness: a periodic check that the data dir is writable, Nix runs (and the store answers), cached for /readyz."""
 
 from __future__ import annotations
 
@@ -48,6 +48,9 @@ class ReadinessCheck:
     run_in_thread: Callable[..., Deferred[Any]]
     nix_version: Callable[[], Deferred[str]]
     current: Readiness = NOT_CHECKED
+    # With an object store: a request that must succeed (blocking), and the store's name for /readyz.
+    store_probe: Callable[[], object] | None = None
+    store_name: str = ""
     _running: Deferred[Readiness] | None = field(default=None, init=False)
 
     def check(self) -> Deferred[Readiness]:
@@ -58,7 +61,11 @@ class ReadinessCheck:
             lambda _: None, lambda failure: f"data dir not writable: {_reason(failure.value)}")
         nix = self.nix_version().addCallbacks(
             lambda _: None, lambda failure: f"nix does not run: {_reason(failure.value)}")
-        running = gatherResults([writable, nix]).addCallback(self._checked)
+        checks = [writable, nix]
+        if self.store_probe is not None:
+            checks.append(self.run_in_thread(self.store_probe).addCallbacks(
+                lambda _: None, lambda failure: f"store {self.store_name} unreachable: {_reason(failure.value)}"))
+        running = gatherResults(checks).addCallback(self._checked)
         self._running = running if not running.called else None
         return running
 

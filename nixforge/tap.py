@@ -6,7 +6,7 @@ import os
 import resource
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -17,6 +17,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.threadable import isInIOThread
 from twisted.python.threadpool import ThreadPool
 from twisted.web.resource import IResource
 
@@ -34,6 +35,7 @@ from nixforge.api.refresh import body_limit as refresh_body_limit
 from nixforge.api.ui import UiPages
 from nixforge.api.ui_facts import StoreUsage, UiFacts
 from nixforge.config import SETTINGS, ConfigError, ForgeConfig, parse_nix_options
+from nixforge.errors import StoreUnavailable
 from nixforge.images.assembly import ImagesSettings, assemble_images
 from nixforge.images.build_events import BuildObservers
 from nixforge.images.builder import ImageBuilder
@@ -44,21 +46,26 @@ from nixforge.images.policy import AccessPolicy
 from nixforge.images.script_user import ScriptUser
 from nixforge.images.served_closures import ServedClosures
 from nixforge.images.service import ImageService
+from nixforge.images.shared_builds import SharedBuilds
 from nixforge.images.snapshotter_images import SnapshotterImages
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
 from nixforge.nix.signing import CacheKey
-from nixforge.oci.layer_cache import LayerCache
+from nixforge.oci.manifest_references import ManifestReferences
 from nixforge.platforms import host_platform, host_system
 from nixforge.readiness import ReadinessCheck, ReadinessService
 from nixforge.refresh_access import RefreshAccess
-from nixforge.store.filesystem import FilesystemBlobStore
-from nixforge.store.gc import GarbageCollector
+from nixforge.store.backend import StoreBackend, StoreRefreshService, StoreUnreachable, open_store
+from nixforge.store.gc import GC_LEASE_TTL, GarbageCollector
+from nixforge.store.gc_journal import GcJournal
 from nixforge.store.gc_service import GcScheduler, GcTimerService
-from nixforge.store.locked_revisions import FilesystemLockedRevisions
+from nixforge.store.interfaces import IBlobLocations, IBlobStore
+from nixforge.store.layer_cache import LayerCache
 from nixforge.store.narinfo_records import FilesystemNarRecords
 from nixforge.store.pull_times import PullTimes
-from nixforge.store.tag_index import FilesystemTagIndex
+from nixforge.store.record_leases import RecordLeases
+from nixforge.store.s3_client import S3Settings
+from nixforge.store.s3_metrics import S3Collector
 
 log = Logger()
 
@@ -223,11 +230,14 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     def run_in_thread(function: Any, *args: Any) -> Deferred[Any]:
         return deferToThreadPool(reactor, pool, function, *args)
 
-    store = FilesystemBlobStore(config.data_dir)
-    index = FilesystemTagIndex(config.data_dir, clock=reactor.seconds, retention=config.retention)
-    layer_cache = LayerCache(os.path.join(config.data_dir, "layers"))
-    collector = GarbageCollector(store, index, layer_cache, PullTimes(os.path.join(config.data_dir, "pulls.json")),
-                                 max_size=config.max_store_size)
+    backend = _open_store(config, reactor)
+    if backend.calls is not None:
+        StoreRefreshService(backend, run_in_thread, reactor).setServiceParent(root)
+    store, index, records = backend.blobs, backend.index, backend.records
+    layer_cache = LayerCache(records)
+    shared = RecordLeases(records, ttl=GC_LEASE_TTL) if backend.calls is not None else None
+    collector = GarbageCollector(store, index, layer_cache, PullTimes(records), GcJournal(records),
+                                 ManifestReferences(), max_size=config.max_store_size, shared=shared)
     gc = GcScheduler(collector, run_in_thread, reactor)
     GcTimerService(gc, config.gc_interval).setServiceParent(root)
     nix = NixClient(reactor=reactor, nix_binary=config.nix_binary, options=config.nix_options,
@@ -241,20 +251,27 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                            max_layers=config.max_layers, scripts=scripts, gc_roots=gc_roots)
     _BuilderService(builder).setServiceParent(root)
     host = host_system(config.nix_options)
-    policy = AccessPolicy(flake=config.flake, revisions=FilesystemLockedRevisions(config.data_dir),
+    policy = AccessPolicy(flake=config.flake, revisions=backend.revisions,
                           packages=config.packages, refs=config.refs, commit_tags=config.commit_tags)
     builds = BuildBook(keep=config.builds_kept, max_log_bytes=config.build_log_size)
+    shared_builds = _shared_builds(config, backend, run_in_thread, reactor)
     parts = assemble_images(_images_settings(config, host), reactor, nix, builder, store, index, policy, gc,
-                            run_in_thread, builds, host_platform())
+                            run_in_thread, builds, host_platform(), shared_builds)
     images = parts.service
     if parts.prebuilder is not None:
         # Twice per interval, so a lock is renewed at most half an interval after it went stale.
         TimerService(config.refresh_interval / 2, _lock_latest, parts.locks).setServiceParent(root)
-    readiness = ReadinessCheck(config.data_dir, run_in_thread, nix.version)
+    readiness = ReadinessCheck(config.data_dir, run_in_thread, nix.version, store_probe=backend.probe,
+                               store_name=config.store)
     ReadinessService(readiness, config.ready_interval, reactor).setServiceParent(root)
     metrics = RegistryMetrics(images, gc) if config.metrics else None
     if metrics is not None:
         parts.builds.observer = BuildObservers((builds, BuildMetrics(metrics)))
+        if backend.calls is not None:
+            leases = [("gc", shared)] if shared is not None else []
+            if shared_builds is not None:
+                leases.append(("build", shared_builds.leases))
+            metrics.registry.register(S3Collector(backend.calls, leases))
     served = ServedClosures(index, store, policy, run_in_thread)
     nix_cache = _nix_cache(config, served, nix, store, run_in_thread, reactor)
     snapshotter = SnapshotterImages(images, served, store, run_in_thread)
@@ -266,7 +283,8 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                       readiness=lambda: readiness.current, builds=builds, metrics=metrics,
                       max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
-                      refresh_access=_refresh_access(config))
+                      refresh_access=_refresh_access(config), blob_url=_blob_url(config, backend, readiness),
+                      open_blob=run_in_thread if backend.calls is not None else None)
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
     site = EdgeSite(_observed(_with_auth(api.resource(), config, run_in_thread, reactor), config, metrics, reactor),
                     header_timeout=config.header_timeout, send_timeout=config.send_timeout,
@@ -275,9 +293,9 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                     body_limit=refresh_body_limit)
     factory = site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site)
     _ListeningService(endpoint, factory).setServiceParent(root)
-    log.info("nixforge {version}: flake {flake}, data in {data_dir}, store cap {cap}, systems {systems}",
-             version=__version__, flake=config.flake, data_dir=config.data_dir,
-             systems=",".join(config.systems or (host,)),
+    log.info("nixforge {version}: flake {flake}, data in {data_dir}, store {store}, store cap {cap}, systems "
+             "{systems}", version=__version__, flake=config.flake, data_dir=config.data_dir,
+             store=backend.description, systems=",".join(config.systems or (host,)),
              cap="none" if config.max_store_size is None else f"{config.max_store_size} bytes")
     log.info("serving packages {packages}, refs {refs}, commit tags {commit_tags}; image scripts run as "
              "{script_user}", packages=",".join(config.packages), refs=",".join(config.refs),
@@ -316,7 +334,7 @@ def _lock_latest(locks: FlakeLocks) -> None:
     ensureDeferred(locks.lock("latest")).addErrback(failed)
 
 
-def _nix_cache(config: ForgeConfig, served: ServedClosures, nix: NixClient, store: FilesystemBlobStore,
+def _nix_cache(config: ForgeConfig, served: ServedClosures, nix: NixClient, store: IBlobStore,
                run_in_thread: Any, reactor: Any) -> NixCache | None:
     """The binary cache of the served closures at /nix-cache/, when NIXFORGE_CACHE_KEY_FILE names a key."""
     if not config.cache_key_file:
@@ -326,6 +344,46 @@ def _nix_cache(config: ForgeConfig, served: ServedClosures, nix: NixClient, stor
     log.info("serving a Nix binary cache of the served closures at /nix-cache/, public key {public}",
              public=key.public())
     return cache
+
+
+def _open_store(config: ForgeConfig, reactor: Any) -> StoreBackend:
+    """The configured store (data dir or bucket), closed at shutdown; exit with one line if unusable."""
+    settings = S3Settings(endpoint=config.s3_endpoint, pool=config.s3_pool)
+    try:
+        backend = open_store(config.store, config.data_dir, reactor.seconds, config.retention, settings,
+                             grace=config.gc_grace, on_reactor=isInIOThread)
+    except StoreUnreachable as error:
+        raise SystemExit(f"nixforge: {error}") from None
+    reactor.addSystemEventTrigger("after", "shutdown", backend.close)
+    return backend
+
+
+def _shared_builds(config: ForgeConfig, backend: StoreBackend, run_in_thread: Callable[..., Deferred[Any]],
+                   reactor: Any) -> SharedBuilds | None:
+    """With a bucket: build leases, so that one replica builds and the others wait for its record."""
+    if backend.calls is None:
+        return None
+    return SharedBuilds(RecordLeases(backend.records, ttl=config.build_lease), backend.index.reload,
+                        run_in_thread, reactor, arrived=backend.refresh_blobs)
+
+
+def _blob_url(config: ForgeConfig, backend: StoreBackend,
+              readiness: ReadinessCheck) -> Callable[[str], str | None] | None:
+    """Presigned blob URLs for the API's redirects: only from a bucket, and unless NIXFORGE_S3_REDIRECT=false.
+
+    While the last readiness check found the store unreachable, a redirect would only send the
+    client to a dead store: answer 503 with Retry-After instead.
+    """
+    blobs = backend.blobs
+    if not config.s3_redirect or not IBlobLocations.providedBy(blobs):
+        return None
+
+    def url(digest: str) -> str:
+        if any(problem.startswith("store ") for problem in readiness.current.problems):
+            raise StoreUnavailable("the object store is unreachable; retry", detail={"store": "s3"})
+        return IBlobLocations(blobs).url(digest, config.s3_url_ttl)
+
+    return url
 
 
 def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, reactor: Any) -> IResource:

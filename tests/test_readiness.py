@@ -9,6 +9,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.task import Clock
 
+from nixforge.errors import StoreUnavailable
 from nixforge.readiness import NOT_CHECKED, ReadinessCheck, ReadinessService
 
 
@@ -78,3 +79,21 @@ def test_the_service_checks_on_its_timer(tmp_path: Path) -> None:
     clock.advance(1)
     assert nix.calls == 2
     service.stopService()
+
+
+def test_an_unreachable_store_is_named_and_recovery_needs_no_restart(tmp_path: Path) -> None:
+    nix = FakeNix()
+    down = [True]
+
+    def probe() -> None:
+        if down[0]:
+            raise StoreUnavailable("the object store is unreachable; retry")
+
+    check = ReadinessCheck(str(tmp_path), in_caller, nix.version, store_probe=probe, store_name="s3://bucket")
+    check.check()
+    nix.pending[0].callback("nix (Nix) 2.8.0")
+    assert check.current.problems == ("store s3://bucket unreachable: the object store is unreachable; retry",)
+    down[0] = False
+    check.check()
+    nix.pending[1].callback("nix (Nix) 2.8.0")
+    assert check.current.ready

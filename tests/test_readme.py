@@ -19,7 +19,7 @@ def readme_settings() -> dict[str, tuple[str, str]]:
     """Variable → (option cell, default cell) from the settings table in docs/settings.md."""
     rows = {}
     for line in SETTINGS_DOC.read_text(encoding="utf-8").splitlines():
-        match = re.match(r"\| `([A-Z_]+)` \| (.*?) \| (.*?) \|", line)
+        match = re.match(r"\| `([A-Z0-9_]+)` \| (.*?) \| (.*?) \|", line)
         if match:
             rows[match.group(1)] = (match.group(2), match.group(3))
     return rows

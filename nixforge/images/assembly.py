@@ -19,6 +19,7 @@ from nixforge.images.planner import Planner
 from nixforge.images.policy import AccessPolicy
 from nixforge.images.prebuild import Prebuilder
 from nixforge.images.service import ImageService
+from nixforge.images.shared_builds import SharedBuilds
 from nixforge.images.stored_images import StoredImages
 from nixforge.images.systems import SystemsBuilder
 from nixforge.images.tag_builds import TagBuilds
@@ -56,7 +57,7 @@ class Images:
 def assemble_images(settings: ImagesSettings, reactor: Any, nix: Any, builder: ImageBuilder, store: IBlobStore,
                     index: ITagIndex, policy: AccessPolicy, keeper: IStoreKeeper,
                     run_in_thread: Callable[..., Deferred[Any]], observer: IBuildObserver,
-                    host_platform: Platform | None) -> Images:
+                    host_platform: Platform | None, shared: SharedBuilds | None = None) -> Images:
     """The image service over `nix`, `builder` and the store, with prebuilds when settings ask for them."""
     planner = Planner(nix, reactor, settings.build_timeout)
     systems = SystemsBuilder(planner, builder, settings.systems or (settings.host,), settings.host)
@@ -72,7 +73,7 @@ def assemble_images(settings: ImagesSettings, reactor: Any, nix: Any, builder: I
     builds = TagBuilds(clock=reactor, builder=systems, locks=locks, index=index, images=stored,
                        run_in_thread=run_in_thread, slots=BuildSlots(settings.max_builds, settings.max_queued_builds),
                        catalog=catalog, keeper=keeper, observer=observer,
-                       failures=FailureMemory(settings.failure_ttl))
+                       failures=FailureMemory(settings.failure_ttl), shared=shared)
     prebuilder = None
     if settings.prebuild:
         prebuilder = Prebuilder(settings.prebuild, catalog, builds, policy)

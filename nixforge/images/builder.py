@@ -27,10 +27,10 @@ from nixforge.oci.closure_image import PackageMeta, assemble_closure_image
 from nixforge.oci.documents import ImageManifests
 from nixforge.oci.image_index import config_mismatch, platform_for
 from nixforge.oci.ingest import ingest_image
-from nixforge.oci.layer_cache import LayerCache
 from nixforge.oci.referrers import store_sbom
 from nixforge.oci.sbom import created_at
 from nixforge.store.interfaces import IBlobStore
+from nixforge.store.layer_cache import LayerCache
 
 log = Logger()
 Stored = Callable[[ImageManifests], Awaitable[None]]

@@ -17,7 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from nixforge.errors import BlobUnknown, BuildInProgress, ForgeError, NameUnknown
+from nixforge.errors import BlobUnknown, BuildInProgress, ForgeError, NameUnknown, StoreUnavailable
 from nixforge.images.freshness import Freshness
 from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.images.policy import AccessPolicy
@@ -123,6 +123,8 @@ class ImageService:
         if record is not None:
             try:
                 manifests = await self.images.load(record)
+            except StoreUnavailable:
+                raise  # the store did not answer: the image may well be whole
             except ForgeError:
                 log.warn("stored image {name}:{tag} is incomplete; rebuilding", name=name, tag=tag)
             else:

@@ -25,6 +25,7 @@ from nixforge.errors import (
     ManifestUnknown,
     NameUnknown,
     StoreFull,
+    StoreUnavailable,
     TooManyBuilds,
 )
 from nixforge.images.build_events import BuildStart, IBuildObserver, NoBuildObserver
@@ -35,6 +36,7 @@ from nixforge.images.failure_memory import FailureMemory
 from nixforge.images.flake_locks import FlakeLock, FlakeLocks
 from nixforge.images.missing_cache import MISSING_TTL, MissingCache
 from nixforge.images.planner import BuildPlan
+from nixforge.images.shared_builds import SharedBuilds
 from nixforge.images.single_flight import SingleFlight
 from nixforge.images.stored_images import StoredImages
 from nixforge.images.systems import SystemsPlan
@@ -86,6 +88,7 @@ class TagBuilds:
     observer: IBuildObserver = field(factory=NoBuildObserver)
     failures: FailureMemory = field(factory=FailureMemory)
     missing: MissingCache = field(factory=MissingCache)
+    shared: SharedBuilds | None = None
     _flights: SingleFlight = field(factory=SingleFlight, init=False)
     _probes: DeferredSemaphore = field(init=False)
     _build_ids: dict[tuple[str, str], str] = field(factory=dict, init=False)
@@ -160,6 +163,12 @@ class TagBuilds:
         unchanged = await self._unchanged(target, tag, plan)
         if unchanged is not None:
             return unchanged
+        held = None
+        if self.shared is not None:  # replicas on one bucket: one build across them
+            outcome = await self.shared.hold_or_wait(target.name, tag, plan.locked, unusable=self.index.get(*key))
+            if isinstance(outcome, TagRecord):
+                return await self.images.load(outcome)
+            held = outcome
         build_id = uuid.uuid4().hex[:12]
         if on_build is not None:
             on_build(build_id)
@@ -168,6 +177,8 @@ class TagBuilds:
             return await self._build_planned(target, tag, plan, build_id, planning)
         finally:
             self._build_ids.pop(key, None)
+            if held is not None:
+                held.release()
 
     async def _unchanged(self, target: BuildTarget, tag: str, plan: BuildPlan | SystemsPlan) -> ImageManifests | None:
         """The stored image when its record is of the planned revision (its time renewed), else None."""
@@ -176,6 +187,8 @@ class TagBuilds:
             return None
         try:
             manifests = await self.images.load(record)
+        except StoreUnavailable:
+            raise  # the store did not answer: the image may well be whole
         except ForgeError:
             return None  # stored image incomplete: build it again
         # GC may have evicted the record meanwhile: then its blobs may be gone, build again.

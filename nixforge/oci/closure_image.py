@@ -14,11 +14,11 @@ from twisted.logger import Logger
 from nixforge.oci.documents import ImageManifests, LayerBlob, build_manifests, canonical_json, sha256_digest
 from nixforge.oci.image_config import CA_BUNDLE, choose_command, image_config, write_customisation_layer
 from nixforge.oci.image_index import Platform
-from nixforge.oci.layer_cache import LayerCache, layer_key
 from nixforge.oci.layer_writer import LayerWriter, compress_layer
 from nixforge.oci.layering import DEFAULT_MAX_LAYERS, MAX_OVERLAY_LAYERS, StorePathLike, plan_layers
 from nixforge.oci.tar_writer import DEFAULT_STORE_DIR, image_name, write_store_paths
 from nixforge.store.interfaces import IBlobStore
+from nixforge.store.layer_cache import LayerCache, layer_key
 
 log = Logger()
 

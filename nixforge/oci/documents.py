@@ -9,6 +9,9 @@ from typing import Any
 from attrs import field, frozen
 
 from nixforge.oci import media_types as mt
+from nixforge.store.layer_cache import LayerBlob
+
+__all__ = ["LayerBlob"]  # the layer cache's value type, used by every layer writer
 
 
 def sha256_digest(data: bytes) -> str:
@@ -19,15 +22,6 @@ def sha256_digest(data: bytes) -> str:
 def canonical_json(document: Any) -> bytes:
     """Serialise a document deterministically: sorted keys, no whitespace, UTF-8."""
     return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-@frozen
-class LayerBlob:
-    """A stored gzip-compressed layer: its blob digest and size, and its uncompressed diff_id."""
-
-    digest: str
-    size: int
-    diff_id: str
 
 
 @frozen

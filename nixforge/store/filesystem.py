@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from nixforge.errors import BlobUnknown, DigestInvalid
 from nixforge.store.durable import fsync_directory, full_is_store_full
-from nixforge.store.interfaces import IBlobStore, IBlobWriter
+from nixforge.store.interfaces import IBlobWriter, ICollectableBlobStore
 from nixforge.store.leases import BlobLeases
 
 log = Logger()
@@ -111,7 +111,7 @@ class FilesystemBlobWriter:
             os.unlink(self._temp_path)
 
 
-@implementer(IBlobStore)
+@implementer(ICollectableBlobStore)
 class FilesystemBlobStore:
     """Blobs as read-only files under `root`; every method blocks (run it off the reactor)."""
 

@@ -20,8 +20,11 @@ blob until its record is indexed, and the store numbers every blob it publishes 
 GC takes the floor (oldest live lease, else "now") when it starts and spares every blob touched at
 or after it, checking under the store's lock as it unlinks: a layer-cache hit during the sweep
 either sees the blob gone (and writes it again) or protects it. Reads by clients are not blocked.
-Leases live in one process, so GC assumes one registry per data dir: replicas sharing a blob store
-would need the leases kept in the store itself (not done).
+Leases live in one process. Replicas sharing a bucket (`shared`) add three things: one replica
+collects at a time, under a GC lease kept in the record store; it first reads every replica's
+records, so it marks from all of them; and the S3 blob store never deletes a blob it first saw
+less than NIXFORGE_GC_GRACE ago, which covers blobs other replicas' running builds wrote but have
+not recorded yet.
 
 **Readers.** Blobs are unlinked, never truncated: a blob being streamed stays readable to its end.
 
@@ -34,7 +37,6 @@ missing blob, and nothing that is still referenced is deleted.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -42,17 +44,19 @@ from collections.abc import Callable, Iterable
 from attrs import frozen
 from twisted.logger import Logger
 
-from nixforge.errors import StoreFull
-from nixforge.oci.layer_cache import LayerCache
-from nixforge.store.filesystem import FilesystemBlobStore
+from nixforge.errors import BlobUnknown, StoreFull
 from nixforge.store.gc_journal import GcJournal, GcPlan
-from nixforge.store.interfaces import TagRecord
+from nixforge.store.interfaces import ICollectableBlobStore, IReferences, IRetainedIndex, TagRecord
+from nixforge.store.layer_cache import LayerCache
 from nixforge.store.pull_times import PullTimes
-from nixforge.store.tag_index import FilesystemTagIndex
+from nixforge.store.record_leases import Lease, RecordLeases
 
 log = Logger()
 
 _MANIFEST_LIMIT = 4 << 20
+_RENEW_EVERY = 256  # deletions between renewals of the shared GC lease
+GC_LEASE_TTL = 300.0
+"""Seconds a GC lease lives without renewal before another replica may take it over."""
 
 
 @frozen
@@ -71,22 +75,33 @@ class GcResult:
 
 
 class GarbageCollector:
-    """Mark and sweep over one filesystem store, its tag index and its layer cache."""
+    """Mark and sweep over one blob store, its tag index and its layer cache.
+
+    `references` tells what a stored manifest names (GC knows no manifest format); `journal`
+    lives in the same record store as the index.
+    """
 
     def __init__(
         self,
-        store: FilesystemBlobStore,
-        index: FilesystemTagIndex,
+        store: ICollectableBlobStore,
+        index: IRetainedIndex,
         layer_cache: LayerCache,
         pulls: PullTimes,
+        journal: GcJournal,
+        references: IReferences,
         max_size: int | None = None,
+        shared: RecordLeases | None = None,
     ) -> None:
         self.store = store
         self.index = index
         self.layer_cache = layer_cache
         self.pulls = pulls
         self.max_size = max_size
-        self.journal = GcJournal(store.root)
+        self.journal = journal
+        self.references = references
+        self.shared = shared
+        self._lease: Lease | None = None
+        self._lost = False
         self.cancelled = threading.Event()
         self._references: dict[str, frozenset[str]] = {}
         # Blobs no tag record names but something still serves (the Nix cache's NARs, nix/ images);
@@ -101,23 +116,22 @@ class GarbageCollector:
         if cached is not None:
             return cached
         found = {digest}
-        size = self.store.stat_size(digest)
-        if size is not None and size <= _MANIFEST_LIMIT:
-            try:
-                with open(self.store.path(digest), "rb") as file:
-                    document = json.load(file)
-            except (OSError, ValueError):
-                document = None
-            if isinstance(document, dict):
-                descriptors = [document.get("config"), *(document.get("layers") or [])]
-                for descriptor in descriptors:
-                    if isinstance(descriptor, dict) and isinstance(descriptor.get("digest"), str):
-                        found.add(descriptor["digest"])
-                for child in document.get("manifests") or []:
-                    if isinstance(child, dict) and isinstance(child.get("digest"), str):
-                        found |= self._manifest_references(child["digest"])
+        body = self._small_blob(digest)
+        if body is not None:
+            found |= self.references.blobs(body)
+            for child in self.references.children(body):
+                found |= self._manifest_references(child)
             self._references[digest] = frozenset(found)  # only cache what was really read
         return frozenset(found)
+
+    def _small_blob(self, digest: str) -> bytes | None:
+        """The bytes of a stored blob no bigger than a manifest can be, else None (absent, or a layer)."""
+        try:
+            with self.store.open(digest) as file:
+                body = file.read(_MANIFEST_LIMIT + 1)
+        except (BlobUnknown, OSError):
+            return None
+        return body if len(body) <= _MANIFEST_LIMIT else None
 
     def _record_references(self, record: TagRecord) -> frozenset[str]:
         """Every blob a record keeps: its manifests (both forms, index members, SBOM artifacts) and
@@ -183,7 +197,9 @@ class GarbageCollector:
         deleted, freed = 0, 0
         gone = set() if gone is None else gone
         already = set(gone)
-        for digest in candidates:
+        for number, digest in enumerate(candidates):
+            if number % _RENEW_EVERY == _RENEW_EVERY - 1:
+                self._renew()
             if self.cancelled.is_set():
                 self.layer_cache.forget_blobs(gone - already)
                 return deleted, freed, False
@@ -238,11 +254,45 @@ class GarbageCollector:
         sizes = [size for _, size in self.store.digests()]
         return sum(sizes), len(sizes)
 
+    def _renew(self) -> None:
+        """Keep the shared GC lease alive; stop the run (as if cancelled) if another replica took it."""
+        if self.shared is None or self._lease is None:
+            return
+        self._lease = self.shared.renew(self._lease)
+        if self._lease is None:
+            self._lost = True
+            log.warn("gc: the GC lease was taken over by another replica; stopping this run")
+            self.cancelled.set()
+
     def collect(self, reason: str = "timer", only_over_cap: bool = False) -> GcResult | None:
         """Run once: finish a left-over journal, forget expired digests, evict over the cap, sweep.
 
-        With `only_over_cap`, do nothing (return None) while the store fits its cap.
+        With `only_over_cap`, do nothing (return None) while the store fits its cap. With `shared`
+        (replicas on one bucket), only the holder of the GC lease runs, after reading every replica's
+        records and blobs; the others return None.
         """
+        if self.shared is None:
+            return self._collect(reason, only_over_cap)
+        self._lease = self.shared.acquire("gc")
+        if self._lease is None:
+            log.info("gc ({reason}): another replica holds the GC lease; not collecting", reason=reason)
+            return None
+        try:
+            for source in (self.store, self.index):  # mark from every record in the bucket
+                refresh = getattr(source, "refresh", None)
+                if refresh is not None:
+                    refresh()
+            self._renew()
+            return self._collect(reason, only_over_cap)
+        finally:
+            if self._lease is not None:
+                self.shared.release(self._lease)
+                self._lease = None
+            if self._lost:
+                self._lost = False
+                self.cancelled.clear()  # a lost lease stopped this run only
+
+    def _collect(self, reason: str, only_over_cap: bool) -> GcResult | None:
         if only_over_cap and not self.over_cap() and self.journal.read() is None:
             log.debug("gc ({reason}): the store is within its cap", reason=reason)
             return None

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from typing import Any
 
 from attrs import asdict, frozen
 
-from nixforge.store.durable import fsync_directory, replace_file
-from nixforge.store.interfaces import TagRecord
-
-_FORMAT = 1
+from nixforge.store.interfaces import IRecordStore, TagRecord
+from nixforge.store.records import encode_json
 
 
 @frozen
@@ -24,29 +20,28 @@ class GcPlan:
 
 
 class GcJournal:
-    """One JSON file, `<root>/gc-journal.json`: present only while a run deletes (or after a crash)."""
+    """One record (`gc-journal.json`): present only while a run deletes (or after a crash)."""
 
-    def __init__(self, root: str) -> None:
-        self.path = os.path.join(root, "gc-journal.json")
+    def __init__(self, records: IRecordStore, key: str = "gc-journal.json") -> None:
+        self.records = records
+        self.key = key
 
     def write(self, plan: GcPlan) -> None:
-        """Record the plan durably (temp file, fsync, rename, fsync of the directory)."""
-        body = {"format": _FORMAT, "evict": [asdict(r) for r in plan.evict], "delete": list(plan.delete)}
-        replace_file(self.path, json.dumps(body).encode("utf-8"), ".tmp-gc-")
+        """Record the plan durably."""
+        body = {"format": 1, "evict": [asdict(r) for r in plan.evict], "delete": list(plan.delete)}
+        self.records.put(self.key, encode_json(body))
 
     def read(self) -> GcPlan | None:
-        """The plan of a run that did not finish, or None. An unreadable journal reads as None."""
-        try:
-            with open(self.path, "rb") as file:
-                data: Any = json.load(file)
-            return GcPlan(tuple(TagRecord(**r) for r in data["evict"]), tuple(str(d) for d in data["delete"]))
-        except FileNotFoundError:
+        """The plan of a run that did not finish, or None. An unreadable journal reads as an empty plan."""
+        stored = self.records.get(self.key)
+        if stored is None:
             return None
+        try:
+            data: Any = json.loads(stored.value)
+            return GcPlan(tuple(TagRecord(**r) for r in data["evict"]), tuple(str(d) for d in data["delete"]))
         except (ValueError, KeyError, TypeError):
-            return GcPlan((), ())  # half a journal can't exist (rename is atomic); be safe anyway
+            return GcPlan((), ())  # half a journal can't exist (writes are atomic); be safe anyway
 
     def clear(self) -> None:
         """Remove the journal: the run is complete."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-            fsync_directory(os.path.dirname(self.path))
+        self.records.delete(self.key)

@@ -6,10 +6,11 @@ thread pool, except `size`/`has`, which are a single stat and answered from memo
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 from attrs import field, frozen
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 class IBlobWriter(Interface):
@@ -135,3 +136,85 @@ class ILockedRevisions(Interface):
 
     def refs(flake: str, revision: str) -> frozenset[str]:
         """Return the tags that ever locked `flake` to `revision` (empty if none), from memory."""
+
+
+@frozen
+class StoredRecord:
+    """A record's bytes and its version (an ETag): what a compare-and-swap names."""
+
+    value: bytes
+    version: str
+
+
+class IRecordStore(Interface):
+    """Small durable records (JSON documents) under `/`-separated keys, changed atomically.
+
+    Keys are relative paths of `[A-Za-z0-9._-]` parts, none starting with a dot. Every method may
+    block (disk, network): call them off the reactor.
+    """
+
+    def get(key: str) -> StoredRecord | None:
+        """Return the record's bytes and version, or None when absent."""
+
+    def put(key: str, value: bytes) -> str:
+        """Write the record unconditionally (readers see the old or the new bytes); return its version."""
+
+    def swap(key: str, value: bytes, version: str | None) -> str | None:
+        """Write only if the record is still at `version` (None: only if absent).
+
+        Return the new version, or None when another writer changed the record first.
+        """
+
+    def delete(key: str, version: str | None = None) -> bool:
+        """Remove the record (only if still at `version`, when given); return whether it went."""
+
+    def keys(prefix: str) -> list[str]:
+        """Return every key starting with `prefix`, sorted."""
+
+    def versions(prefix: str) -> dict[str, str]:
+        """Return the version of every record whose key starts with `prefix` (one listing)."""
+
+
+class ICollectableBlobStore(IBlobStore):
+    """What GC may delete: every stored blob, and a delete that spares what builds still use."""
+
+    leases = Attribute("The store's BlobLeases: builds hold one from their first blob until their record lands.")
+
+    def digests() -> Iterator[tuple[str, int]]:
+        """Yield `(digest, size)` of every stored blob."""
+
+    def delete(digest: str, floor: int) -> int | None:
+        """Delete blob `digest` unless touched at or after `floor`; return the bytes freed, or None."""
+
+
+class IReferences(Interface):
+    """What a stored document references: how GC marks without knowing manifest formats."""
+
+    def blobs(body: bytes) -> frozenset[str]:
+        """Return the config and layer digests a manifest names; empty for other bytes."""
+
+    def children(body: bytes) -> frozenset[str]:
+        """Return the child manifest digests an image index names; empty for other bytes."""
+
+
+class IRetainedIndex(ITagIndex):
+    """The tag index as GC sees it: every record, the retained superseded digests, eviction."""
+
+    def records() -> list[TagRecord]:
+        """Return every current record."""
+
+    def superseded(name: str) -> list[Any]:
+        """Return `name`'s superseded digests (`.digest`, `.tag`, `.at`) still within the retention window."""
+
+    def remove(record: TagRecord) -> bool:
+        """Durably forget `record` (if still current) and its tag's superseded digests."""
+
+    def forget_expired() -> list[str]:
+        """Drop superseded digests past the retention window; return the names that changed."""
+
+
+class IBlobLocations(Interface):
+    """Blobs a client can fetch from the store itself (an object store), by a time-limited URL."""
+
+    def url(digest: str, ttl: float) -> str:
+        """Return a signed GET URL of the blob, valid `ttl` seconds; it is a secret: never log it."""

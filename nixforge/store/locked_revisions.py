@@ -11,13 +11,12 @@ from typing import Any
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nixforge.store.durable import replace_file
-from nixforge.store.interfaces import ILockedRevisions
+from nixforge.store.interfaces import ILockedRevisions, IRecordStore
+from nixforge.store.records import FilesystemRecordStore, update_json
 
 log = Logger()
 
 _FORMAT = 1
-_TEMP_PREFIX = ".tmp-"
 
 
 @implementer(ILockedRevisions)
@@ -58,40 +57,49 @@ def _entry_from_json(data: Any) -> tuple[str, str, list[str]]:
 
 
 @implementer(ILockedRevisions)
-class FilesystemLockedRevisions:
-    """One JSON file per (flake, revision): `<root>/revisions/<sha256(flake, revision)>.json`.
+class RecordLockedRevisions:
+    """One record per (flake, revision): `<prefix><sha256(flake, revision)>.json`.
 
-    The file holds the flake, the revision and the sorted tags that locked it; it is replaced
-    atomically (temp file, fsync, rename) when a new tag locks the same revision. Everything is
-    read at construction; `refs` is then answered from memory.
+    The record holds the flake, the revision and the sorted tags that locked it; a new tag is
+    merged in by compare-and-swap, so replicas sharing the store never drop each other's tags.
+    Everything is read at construction; `refs` is then answered from memory.
     """
 
-    def __init__(self, root: str) -> None:
-        self.directory = os.path.join(os.path.abspath(root), "revisions")
-        os.makedirs(self.directory, exist_ok=True)
+    def __init__(self, records: IRecordStore, prefix: str = "revisions/") -> None:
+        self.records = records
+        self.prefix = prefix
         self._memory = MemoryLockedRevisions()
         self._write_lock = threading.Lock()
+        self._seen: dict[str, str] = {}
         self._load()
 
-    def path(self, flake: str, revision: str) -> str:
-        """Return the file that holds (flake, revision)."""
-        return os.path.join(self.directory, _file_stem(flake, revision) + ".json")
+    def key(self, flake: str, revision: str) -> str:
+        """The key of (flake, revision)'s record."""
+        return f"{self.prefix}{_file_stem(flake, revision)}.json"
+
+    def where(self, key: str) -> str:
+        """Where record `key` lives, for log lines."""
+        return key
 
     def _load(self) -> None:
-        """Read every file; skip (with a warning) what cannot be read, remove stale temp files."""
-        with os.scandir(self.directory) as entries:
-            paths = sorted(entry.path for entry in entries)
-        for path in paths:
-            if os.path.basename(path).startswith(_TEMP_PREFIX):
-                os.unlink(path)
+        """Read every record; skip (with a warning) what cannot be read."""
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the records that changed since the last look (other replicas' locks). Blocks."""
+        for key, version in sorted(self.records.versions(self.prefix).items()):
+            if self._seen.get(key) == version:
                 continue
+            self._seen[key] = version
             try:
-                with open(path, "rb") as file:
-                    flake, revision, refs = _entry_from_json(json.load(file))
-                if self.path(flake, revision) != path:
+                stored = self.records.get(key)
+                if stored is None:
+                    continue
+                flake, revision, refs = _entry_from_json(json.loads(stored.value))
+                if self.key(flake, revision) != key:
                     raise ValueError("file name does not match its flake and revision")
-            except Exception as error:  # a bad file must never stop start-up
-                log.warn("skipping unreadable locked-revision file {path}: {error}", path=path, error=error)
+            except Exception as error:  # a bad record must never stop start-up
+                log.warn("skipping unreadable locked-revision file {path}: {error}", path=self.where(key), error=error)
                 continue
             for ref in refs:
                 self._memory.record(flake, revision, ref)
@@ -99,15 +107,41 @@ class FilesystemLockedRevisions:
     def record(self, flake: str, revision: str, ref: str) -> None:
         """Durably add `ref` to the tags of (flake, revision); no write when already known. Blocks."""
         with self._write_lock:
-            known = self._memory.refs(flake, revision)
-            if ref in known:
+            if ref in self._memory.refs(flake, revision):
                 return
-            document = {"format": _FORMAT, "flake": flake, "revision": revision,
-                        "refs": sorted(known | {ref})}
-            replace_file(self.path(flake, revision),
-                         json.dumps(document, sort_keys=True, indent=1).encode("utf-8"), _TEMP_PREFIX)
+
+            def add(current: Any | None) -> dict[str, Any] | None:
+                try:
+                    _, _, stored = _entry_from_json(current)
+                except ValueError:
+                    stored = []
+                if ref in stored:
+                    return None
+                return {"format": _FORMAT, "flake": flake, "revision": revision,
+                        "refs": sorted({*stored, *self._memory.refs(flake, revision), ref})}
+
+            update_json(self.records, self.key(flake, revision), add)
             self._memory.record(flake, revision, ref)
 
     def refs(self, flake: str, revision: str) -> frozenset[str]:
         """Return the tags that locked `flake` to `revision`, from memory."""
         return self._memory.refs(flake, revision)
+
+
+class FilesystemLockedRevisions(RecordLockedRevisions):
+    """Locked revisions in `<root>/revisions/`, one JSON file each (the data-dir layout of earlier versions)."""
+
+    def __init__(self, root: str) -> None:
+        self.file_records = FilesystemRecordStore(root)
+        self.directory = os.path.join(self.file_records.root, "revisions")
+        os.makedirs(self.directory, exist_ok=True)
+        self.file_records.remove_temporaries(["revisions"])
+        super().__init__(self.file_records)
+
+    def path(self, flake: str, revision: str) -> str:
+        """Return the file that holds (flake, revision)."""
+        return self.file_records.path(self.key(flake, revision))
+
+    def where(self, key: str) -> str:
+        """The file of record `key`."""
+        return self.file_records.path(key)

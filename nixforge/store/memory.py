@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import io
-import threading
+from collections.abc import Iterator
 
 from zope.interface import implementer
 
 from nixforge.errors import BlobUnknown, DigestInvalid
-from nixforge.store.interfaces import IBlobStore, IBlobWriter, IStoreKeeper
+from nixforge.store.interfaces import IBlobWriter, ICollectableBlobStore, IStoreKeeper
+from nixforge.store.leases import BlobLeases
 from nixforge.store.tag_index import MemoryTagIndex
 
 __all__ = ["MemoryBlobStore", "MemoryBlobWriter", "MemoryTagIndex", "NoStoreKeeper"]
@@ -75,22 +76,39 @@ class MemoryBlobWriter:
         self._buffer = io.BytesIO()
 
 
-@implementer(IBlobStore)
+@implementer(ICollectableBlobStore)
 class MemoryBlobStore:
     """Blobs in a dict keyed by digest; thread-safe, never durable."""
 
     def __init__(self) -> None:
         self._blobs: dict[str, bytes] = {}
-        self._lock = threading.Lock()
+        self.leases = BlobLeases()
+        self._lock = self.leases.lock
 
     def _publish(self, digest: str, data: bytes) -> None:
         """Make `data` visible under `digest` unless it already is."""
         with self._lock:
             self._blobs.setdefault(digest, data)
+            self.leases.touch_locked(digest)
 
     def size(self, digest: str) -> int | None:
-        """Return the blob's size, or None when absent."""
-        data = self._blobs.get(digest)
+        """Return the blob's size, or None when absent; a present blob counts as in use (leases)."""
+        with self._lock:
+            data = self._blobs.get(digest)
+            if data is not None:
+                self.leases.touch_locked(digest)
+        return None if data is None else len(data)
+
+    def digests(self) -> Iterator[tuple[str, int]]:
+        """Yield `(digest, size)` of every stored blob."""
+        with self._lock:
+            sizes = [(digest, len(data)) for digest, data in self._blobs.items()]
+        yield from sizes
+
+    def delete(self, digest: str, floor: int) -> int | None:
+        """Drop blob `digest` unless touched at or after `floor`; return the bytes freed, or None."""
+        with self.leases.unless_protected(digest, floor) as may_go:
+            data = self._blobs.pop(digest, None) if may_go else None
         return None if data is None else len(data)
 
     def open(self, digest: str) -> io.BytesIO:

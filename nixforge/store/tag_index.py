@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from attrs import asdict, frozen
+from attrs import frozen
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from nixforge.store.durable import fsync_directory, replace_file
-from nixforge.store.interfaces import ITagIndex, TagRecord
+from nixforge.store.interfaces import IRetainedIndex, TagRecord
 
 log = Logger()
 
@@ -42,7 +38,7 @@ class Superseded:
     at: float
 
 
-@implementer(ITagIndex)
+@implementer(IRetainedIndex)
 class MemoryTagIndex:
     """Records and per-name superseded digests in dicts; thread-safe, never durable."""
 
@@ -61,18 +57,22 @@ class MemoryTagIndex:
     def put(self, record: TagRecord) -> None:
         """Replace the record for (record.name, record.tag); its old digests become superseded."""
         with self._lock:
-            old = self._records.setdefault(record.name, {}).get(record.tag)
-            self._records[record.name][record.tag] = record
-            history = self._history.setdefault(record.name, {})
-            current = record.digests()
-            for digest in current:
-                history.pop(digest, None)
-            if old is not None:
-                now = self.clock()
-                for digest in old.digests():
-                    if digest not in current:
-                        history[digest] = Superseded(digest, record.tag, now)
-            self._bound(record.name)
+            self._put_locked(record)
+
+    def _put_locked(self, record: TagRecord) -> None:
+        """`put` with the lock held."""
+        old = self._records.setdefault(record.name, {}).get(record.tag)
+        self._records[record.name][record.tag] = record
+        history = self._history.setdefault(record.name, {})
+        current = record.digests()
+        for digest in current:
+            history.pop(digest, None)
+        if old is not None:
+            now = self.clock()
+            for digest in old.digests():
+                if digest not in current:
+                    history[digest] = Superseded(digest, record.tag, now)
+        self._bound(record.name)
 
     def _bound(self, name: str) -> None:
         """Keep `name`'s newest HISTORY_LIMIT superseded digests; the caller holds the lock."""
@@ -130,8 +130,8 @@ class MemoryTagIndex:
         with self._lock:
             if self._records.get(old.name, {}).get(old.tag) != old:
                 return False
-        self.put(new)
-        return True
+            self._put_locked(new)
+            return True
 
     def tags(self, name: str) -> list[str]:
         """Return the repository's tags, sorted."""
@@ -193,144 +193,3 @@ def _history_from_json(data: Any, written_at: float) -> tuple[str, list[Supersed
     return data["name"], [Superseded(d, "", written_at) for d in digests]
 
 
-@implementer(ITagIndex)
-class FilesystemTagIndex:
-    """Records as `<root>/index/r-<sha256(name, tag)>.json`, superseded digests as `d-<sha256(name)>.json`.
-
-    File names are hashes, so no name or tag can escape the directory; the name and tag live in
-    the JSON. Everything is read at construction; reads are then answered from memory. A history
-    file holds at most HISTORY_LIMIT entries within the retention window, so rewriting it on a
-    rebuild stays cheap. Writes block.
-    """
-
-    def __init__(self, root: str, clock: Callable[[], float] = time.time,
-                 retention: float = DEFAULT_RETENTION) -> None:
-        self.directory = os.path.join(os.path.abspath(root), "index")
-        os.makedirs(self.directory, exist_ok=True)
-        self._memory = MemoryTagIndex(clock, retention)
-        self._write_lock = threading.Lock()
-        self._load()
-
-    def record_path(self, name: str, tag: str) -> str:
-        """Return the file holding the record of (name, tag)."""
-        return os.path.join(self.directory, f"r-{_key(name, tag)}.json")
-
-    def history_path(self, name: str) -> str:
-        """Return the file holding `name`'s superseded manifest digests."""
-        return os.path.join(self.directory, f"d-{_key(name)}.json")
-
-    def _load(self) -> None:
-        """Read every record and history file; skip (with a warning) what cannot be read."""
-        with os.scandir(self.directory) as entries:
-            paths = sorted(entry.path for entry in entries)
-        for path in paths:
-            base = os.path.basename(path)
-            if base.startswith(_TEMP_PREFIX):
-                os.unlink(path)
-                continue
-            try:
-                with open(path, "rb") as file:
-                    data = json.load(file)
-                if base.startswith("r-"):
-                    record = _record_from_json(data)
-                    if self.record_path(record.name, record.tag) != path:
-                        raise ValueError("file name does not match the record's name and tag")
-                    self._memory.put(record)
-                elif base.startswith("d-"):
-                    name, entries = _history_from_json(data, os.stat(path).st_mtime)
-                    if self.history_path(name) != path:
-                        raise ValueError("file name does not match the history's name")
-                    self._memory.restore(name, entries)
-                else:
-                    raise ValueError("unexpected file in the index directory")
-            except Exception as error:  # a bad file must never stop start-up
-                log.warn("skipping unreadable tag index file {path}: {error}", path=path, error=error)
-
-    def _write_json(self, path: str, data: dict[str, Any]) -> None:
-        """Atomically replace `path` with `data`."""
-        replace_file(path, json.dumps(data, sort_keys=True, indent=1).encode("utf-8"), _TEMP_PREFIX)
-
-    def _write_history(self, name: str, without_tag: str | None = None) -> None:
-        """Rewrite `name`'s history file from memory, optionally without one tag's entries."""
-        entries = sorted((s for s in self._memory.superseded(name) if s.tag != without_tag),
-                         key=lambda s: (s.at, s.digest))
-        if not entries:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.history_path(name))
-                fsync_directory(self.directory)
-            return
-        self._write_json(self.history_path(name), {
-            "format": _HISTORY_FORMAT, "name": name,
-            "superseded": [[s.digest, s.tag, s.at] for s in entries],
-        })
-
-    def put(self, record: TagRecord) -> None:
-        """Update memory, then durably write the history (if it changed), then the record. Blocks.
-
-        A crash between the two writes leaves the old record with the new history, which only
-        keeps an extra superseded digest resolvable; never a record without its files.
-        """
-        with self._write_lock:
-            before = self._memory.superseded(record.name)
-            self._memory.put(record)
-            if self._memory.superseded(record.name) != before:
-                self._write_history(record.name)
-            self._write_json(
-                self.record_path(record.name, record.tag), {"format": _FORMAT, **asdict(record)}
-            )
-
-    def replace(self, old: TagRecord, new: TagRecord) -> bool:
-        """Put `new` only if `old` is still current (not evicted meanwhile); return whether it was."""
-        with self._write_lock:
-            if self._memory.get(old.name, old.tag) != old:
-                return False
-            self._memory.put(new)
-            self._write_json(self.record_path(new.name, new.tag), {"format": _FORMAT, **asdict(new)})
-            return True
-
-    def remove(self, record: TagRecord) -> bool:
-        """Durably forget `record` (if still current) and its tag's superseded digests. Blocks.
-
-        The history is rewritten before the record file goes, so a failure (a full disk) or a
-        crash never leaves superseded digests on disk that memory has already let GC delete.
-        """
-        with self._write_lock:
-            if self._memory.get(record.name, record.tag) != record:
-                return False
-            self._write_history(record.name, without_tag=record.tag)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.record_path(record.name, record.tag))
-            fsync_directory(self.directory)
-            return self._memory.remove(record)
-
-    def forget_expired(self) -> list[str]:
-        """Drop superseded digests past the retention window, on disk too; return the names changed."""
-        with self._write_lock:
-            changed = self._memory.forget_expired()
-            for name in changed:
-                self._write_history(name)
-            return changed
-
-    def get(self, name: str, tag: str) -> TagRecord | None:
-        """Return the record, from memory."""
-        return self._memory.get(name, tag)
-
-    def records(self) -> list[TagRecord]:
-        """Return every current record."""
-        return self._memory.records()
-
-    def superseded(self, name: str) -> list[Superseded]:
-        """Return `name`'s superseded digests within the retention window."""
-        return self._memory.superseded(name)
-
-    def tags(self, name: str) -> list[str]:
-        """Return the repository's tags, sorted."""
-        return self._memory.tags(name)
-
-    def names(self) -> list[str]:
-        """Return every repository with at least one tag, sorted."""
-        return self._memory.names()
-
-    def has_manifest(self, name: str, digest: str) -> bool:
-        """Tell whether `digest` is a current manifest of `name` or one superseded within the window."""
-        return self._memory.has_manifest(name, digest)

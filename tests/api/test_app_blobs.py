@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from nixforge.api import RegistryApi
@@ -133,3 +135,40 @@ def test_blob_of_another_repository_is_unknown(client: StubClient, images: FakeI
     assert response.code == 404
     assert json.loads(body)["errors"][0]["code"] == "BLOB_UNKNOWN"
     assert header(response, "Docker-Content-Digest") is None
+
+
+def test_a_blob_get_redirects_to_the_store_url_after_the_checks(images: FakeImageService, clock: Clock,
+                                                                digest: str) -> None:
+    asked: list[str] = []
+
+    def url(blob_digest: str) -> str:
+        asked.append(blob_digest)
+        return f"http://store.example/bucket/{blob_digest}?X-Amz-Signature=secret"
+
+    client = StubClient(RegistryApi(images, clock, blob_url=url).resource(), clock)
+    response = client.wait(client.stub.request("GET", f"http://registry.test/v2/lib/hello/blobs/{digest}",
+                                               allow_redirects=False))
+    body = client.wait(client.stub.content(response))
+    assert response.code == 307 and body == b""
+    assert header(response, "Location") == f"http://store.example/bucket/{digest}?X-Amz-Signature=secret"
+    assert header(response, "Docker-Content-Digest") == digest
+    assert images.opened == []  # no byte passed through the registry
+    head, _ = client.request("HEAD", f"/v2/lib/hello/blobs/{digest}")
+    assert head.code == 200 and header(head, "Content-Length") == str(SIZE) and header(head, "Location") is None
+    unknown, _ = client.request("GET", "/v2/lib/hello/blobs/sha256:" + "0" * 64)
+    assert unknown.code == 404 and header(unknown, "Location") is None
+    assert asked == [digest]
+
+
+def test_a_blob_store_that_fetches_is_opened_through_the_given_thread_runner(
+        images: FakeImageService, clock: Clock, digest: str) -> None:
+    opened_through: list[object] = []
+
+    def open_blob(opener: Any) -> Deferred[Any]:
+        opened_through.append(opener)
+        return succeed(opener())
+
+    client = StubClient(RegistryApi(images, clock, open_blob=open_blob).resource(), clock)
+    response, body = client.request("GET", f"/v2/lib/hello/blobs/{digest}", headers={"Range": ["bytes=2-5"]})
+    assert response.code == 206 and body == DATA[2:6]
+    assert len(opened_through) == 1 and len(images.opened) == 1 and images.opened[0].closed

@@ -18,7 +18,7 @@ from nixforge.images.planner import BuildPlan, Planner, _labels
 from nixforge.images.targets import target_for
 from nixforge.nix.client import LineSink, NixAttributeMissing, NixError, NixRefUnknown, NixTimeout, StorePathInfo
 from nixforge.nix.gc_roots import GcRoots
-from nixforge.oci.layer_cache import LayerCache
+from nixforge.store.layer_cache import LayerCache
 from nixforge.store.memory import MemoryBlobStore
 from tests.oci.archive_builders import docker_archive_members, sample_layers, tar_bytes
 
@@ -69,7 +69,7 @@ class FakeNix:
 
 def make_builder(nix: FakeNix, tmp_path: Path, clock: Clock | None = None) -> tuple[ImageBuilder, MemoryBlobStore]:
     store = MemoryBlobStore()
-    builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache(str(tmp_path / "layers")),  # type: ignore[arg-type]
+    builder = ImageBuilder(nix=nix, store=store, layer_cache=LayerCache.in_directory(str(tmp_path / "layers")),  # type: ignore[arg-type]
                            run_in_thread=lambda f, *a: maybeDeferred(f, *a), clock=clock or Clock(), timeout=60,
                            max_layers=100, store_dir=str(tmp_path))
     return builder, store

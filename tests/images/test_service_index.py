@@ -13,8 +13,8 @@ from nixforge.oci.documents import ImageManifests, build_manifests
 from nixforge.oci.image_index import build_index, platform_for
 from nixforge.oci.layer_writer import LayerWriter
 from nixforge.oci.referrers import EMPTY_CONFIG, sbom_artifact, subject_digest
+from nixforge.store.durable_index import FilesystemTagIndex
 from nixforge.store.filesystem import FilesystemBlobStore
-from nixforge.store.tag_index import FilesystemTagIndex
 
 from .fakes import FakeNix, make_forge, policy, result_of
 

@@ -23,8 +23,8 @@ from nixforge.errors import BuildCancelled
 from nixforge.oci import media_types as mt
 from nixforge.oci.closure_image import PackageMeta, assemble_closure_image, closure_budget, store_layer
 from nixforge.oci.documents import ImageManifests
-from nixforge.oci.layer_cache import LayerCache, layer_key
 from nixforge.store.filesystem import FilesystemBlobStore
+from nixforge.store.layer_cache import LayerCache, layer_key
 from nixforge.store.memory import MemoryBlobStore, MemoryBlobWriter
 
 
@@ -107,7 +107,7 @@ def assemble(
 
 def test_images_share_layers_and_only_new_layers_are_written(tmp_path: Path, fake_store: FakeStore) -> None:
     store_dir, infos = fake_store
-    store, cache = CountingStore(), LayerCache(str(tmp_path / "cache"))
+    store, cache = CountingStore(), LayerCache.in_directory(str(tmp_path / "cache"))
     first = assemble(store, cache, infos, "a", store_dir)
     layers_a = layers_of(store, first)
     assert len(layers_a) == 5 + 1  # one layer per store path, then the customisation layer
@@ -128,7 +128,7 @@ def test_wiping_store_and_cache_gives_the_same_digests(tmp_path: Path, fake_stor
     results = []
     for attempt in range(2):
         blobs = FilesystemBlobStore(str(tmp_path / f"data{attempt}"))
-        cache = LayerCache(str(tmp_path / f"data{attempt}" / "layers"))
+        cache = LayerCache.in_directory(str(tmp_path / f"data{attempt}" / "layers"))
         results.append((assemble(blobs, cache, infos, "a", store_dir, workers=1 + attempt), blobs))
         shutil.rmtree(tmp_path / f"data{attempt}" / "layers")
     (first, _), (second, blobs) = results
@@ -140,22 +140,22 @@ def test_wiping_store_and_cache_gives_the_same_digests(tmp_path: Path, fake_stor
 def test_the_cache_survives_a_restart_and_is_ignored_when_a_blob_is_gone(tmp_path: Path, fake_store: FakeStore) -> None:
     store_dir, infos = fake_store
     store = CountingStore()
-    first = assemble(store, LayerCache(str(tmp_path / "cache")), infos, "a", store_dir)
+    first = assemble(store, LayerCache.in_directory(str(tmp_path / "cache")), infos, "a", store_dir)
     writes = store.writes
-    assert assemble(store, LayerCache(str(tmp_path / "cache")), infos, "a", store_dir) == first
+    assert assemble(store, LayerCache.in_directory(str(tmp_path / "cache")), infos, "a", store_dir) == first
     assert store.writes == writes
     other = CountingStore()  # the same cache, but a store without those blobs: everything is rewritten
-    assert assemble(other, LayerCache(str(tmp_path / "cache")), infos, "a", store_dir) == first
+    assert assemble(other, LayerCache.in_directory(str(tmp_path / "cache")), infos, "a", store_dir) == first
     assert other.writes == writes
     assert len(os.listdir(tmp_path / "cache")) == 5
     key = layer_key([infos["base"].path])
-    assert LayerCache(str(tmp_path / "cache")).get(key, other) is not None
+    assert LayerCache.in_directory(str(tmp_path / "cache")).get(key, other) is not None
 
 
 def test_config_and_layer_budget(tmp_path: Path, fake_store: FakeStore) -> None:
     store_dir, infos = fake_store
     store = MemoryBlobStore()
-    manifests = assemble(store, LayerCache(str(tmp_path / "c")), infos, "a", store_dir, max_layers=3)
+    manifests = assemble(store, LayerCache.in_directory(str(tmp_path / "c")), infos, "a", store_dir, max_layers=3)
     layers = json.loads(manifests.oci.body)["layers"]
     assert len(layers) == 3  # the budget counts every layer: two for the closure, the customisation layer
     config = config_of(store, manifests)
@@ -184,7 +184,8 @@ def test_max_layers_counts_the_customisation_layer(
     # still has exactly `max_layers` layers, the customisation layer on top included.
     store_dir, infos = fake_store
     store = MemoryBlobStore()
-    manifests = assemble(store, LayerCache(str(tmp_path / "c")), infos, "a", store_dir, max_layers=max_layers)
+    cache = LayerCache.in_directory(str(tmp_path / "c"))
+    manifests = assemble(store, cache, infos, "a", store_dir, max_layers=max_layers)
     assert len(json.loads(manifests.oci.body)["layers"]) == expected
     assert len(config_of(store, manifests)["rootfs"]["diff_ids"]) == expected
 
@@ -217,7 +218,7 @@ def test_umoci_unpacks_the_image_exactly_as_the_store(tmp_path: Path, fake_store
     (extra / "empty dir é").mkdir()
     os.link(extra / "lib" / "libshared.so", extra / "lib" / "hard")
     store = MemoryBlobStore()
-    manifests = assemble(store, LayerCache(str(tmp_path / "c")), infos, "b", store_dir, max_layers=3)
+    manifests = assemble(store, LayerCache.in_directory(str(tmp_path / "c")), infos, "b", store_dir, max_layers=3)
     write_oci_layout(store, manifests, tmp_path / "layout")
     bundle = tmp_path / "bundle"
     subprocess.run(["umoci", "unpack", "--image", f"{tmp_path / 'layout'}:latest", str(bundle)], check=True)
@@ -285,7 +286,7 @@ def test_real_store_paths_share_layers_and_run_in_podman(tmp_path: Path) -> None
     flake.mkdir()
     shutil.copy("/bin/busybox", flake / "busybox")
     (flake / "flake.nix").write_text(FLAKE.replace("@SYSTEM@", system))
-    store, cache = CountingStore(), LayerCache(str(tmp_path / "cache"))
+    store, cache = CountingStore(), LayerCache.in_directory(str(tmp_path / "cache"))
     images = {}
     for attr in ("a", "b"):
         out, closure = real_closure(flake, attr)
@@ -316,13 +317,13 @@ def test_a_crash_in_the_middle_of_a_cache_write_leaves_nothing_behind(tmp_path: 
     (cache_dir / ".tmp-abc123").write_text('{"digest": "half')
     kept = cache_dir / ("0" * 64 + ".json")
     kept.write_text("{}")
-    LayerCache(str(cache_dir))
+    LayerCache.in_directory(str(cache_dir))
     assert sorted(os.listdir(cache_dir)) == [kept.name]
 
 
 def test_two_images_assembled_at_once_write_a_shared_layer_once(tmp_path: Path, fake_store: FakeStore) -> None:
     store_dir, infos = fake_store
-    cache = LayerCache(str(tmp_path / "cache"))
+    cache = LayerCache.in_directory(str(tmp_path / "cache"))
     first_write_may_finish = threading.Event()
 
     class GatedStore(CountingStore):
@@ -383,7 +384,7 @@ def test_assembly_stops_between_chunks_when_cancelled_and_publishes_nothing(tmp_
     big = make_path(store_dir, "big", {f"data/{i}.bin": os.urandom(2 << 20) for i in range(8)})
     cancel = threading.Event()
     store = CancellingStore(str(tmp_path / "blobs"), cancel, after=1 << 20)
-    cache = LayerCache(str(tmp_path / "cache"))
+    cache = LayerCache.in_directory(str(tmp_path / "cache"))
     meta = PackageMeta(name="big", out_path=big.path)
     with pytest.raises(BuildCancelled):
         assemble_closure_image(store, cache, [big], meta, store_dir=str(store_dir), cancel=cancel)

@@ -1,4 +1,4 @@
-"""Contract tests run against both blob stores, plus on-disk durability and safety of the filesystem one."""
+"""On-disk durability and safety of the filesystem blob store (its contract: test_blob_store_contract.py)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from zope.interface.verify import verifyObject
 
 from nixforge.errors import BlobUnknown, DigestInvalid
 from nixforge.store.filesystem import FilesystemBlobStore
-from nixforge.store.interfaces import IBlobStore, IBlobWriter
+from nixforge.store.interfaces import IBlobStore
 from nixforge.store.memory import MemoryBlobStore
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,14 +23,6 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def sha256(data: bytes) -> str:
     """Return the OCI digest of `data`."""
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-@pytest.fixture(params=["filesystem", "memory"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> IBlobStore:
-    """Each blob store implementation, fresh."""
-    if request.param == "filesystem":
-        return FilesystemBlobStore(str(tmp_path / "store"))
-    return MemoryBlobStore()
 
 
 @pytest.fixture
@@ -50,115 +41,7 @@ def blob_files(root: Path) -> list[str]:
     return os.listdir(root / "blobs" / "sha256")
 
 
-# Contract, both implementations.
-
-
-def test_provides_interfaces(store: IBlobStore) -> None:
-    """The store and its writers provide their interfaces."""
-    assert verifyObject(IBlobStore, store)
-    writer = store.writer()
-    assert verifyObject(IBlobWriter, writer)
-    writer.abort()
-
-
-def test_round_trip_streamed(store: IBlobStore) -> None:
-    """A blob written in chunks reads back whole, by every accessor."""
-    chunks = [bytes([i]) * 65536 for i in range(48)]
-    data = b"".join(chunks)
-    writer = store.writer()
-    for chunk in chunks:
-        writer.write(chunk)
-    assert writer.commit(sha256(data)) == (sha256(data), len(data))
-    assert store.size(sha256(data)) == len(data)
-    assert store.read(sha256(data)) == data
-    with store.open(sha256(data)) as blob:
-        assert blob.read(10) == data[:10]
-        assert blob.read() == data[10:]
-
-
-def test_put_small_and_empty(store: IBlobStore) -> None:
-    """`put` stores small documents, including the empty blob."""
-    assert store.put(b'{"a": 1}') == (sha256(b'{"a": 1}'), 8)
-    assert store.put(b"") == (sha256(b""), 0)
-    assert store.read(sha256(b"")) == b""
-    assert store.size(sha256(b"")) == 0
-
-
-def test_unknown_blob(store: IBlobStore) -> None:
-    """Absent blobs have no size and raise BlobUnknown on reads."""
-    digest = sha256(b"never stored")
-    assert store.size(digest) is None
-    with pytest.raises(BlobUnknown):
-        store.read(digest)
-    with pytest.raises(BlobUnknown):
-        store.open(digest)
-
-
-@pytest.mark.parametrize(
-    "digest",
-    [
-        "sha512:" + "ab" * 64,
-        "sha256:" + "AB" * 32,
-        "sha256:" + "ab" * 31,
-        "sha256:" + "ab" * 32 + "\n",
-        "sha256:../../etc/passwd",
-        "md5:" + "ab" * 16,
-        "",
-    ],
-)
-def test_unsupported_digests_are_unknown(store: IBlobStore, digest: str) -> None:
-    """sha512 and malformed digests are never found, even for stored content."""
-    store.put(b"content")
-    assert store.size(digest) is None
-    with pytest.raises(BlobUnknown):
-        store.read(digest)
-    with pytest.raises(BlobUnknown):
-        store.open(digest)
-
-
-def test_digest_mismatch_publishes_nothing(store: IBlobStore) -> None:
-    """A commit against the wrong digest raises DigestInvalid and leaves nothing behind."""
-    claimed = sha256(b"something else")
-    writer = store.writer()
-    writer.write(b"actual content")
-    with pytest.raises(DigestInvalid):
-        writer.commit(claimed)
-    assert store.size(sha256(b"actual content")) is None
-    assert store.size(claimed) is None
-    writer.abort()  # harmless after a failed commit
-
-
-def test_abort_leaves_nothing(store: IBlobStore) -> None:
-    """An aborted blob never becomes visible; aborting twice is fine; the writer is then closed."""
-    writer = store.writer()
-    writer.write(b"half a blob")
-    writer.abort()
-    writer.abort()
-    assert store.size(sha256(b"half a blob")) is None
-    with pytest.raises(ValueError):
-        writer.write(b"more")
-    with pytest.raises(ValueError):
-        writer.commit()
-
-
-def test_abort_after_commit_keeps_blob(store: IBlobStore) -> None:
-    """Aborting a committed writer does not unpublish the blob."""
-    writer = store.writer()
-    writer.write(b"kept")
-    writer.commit()
-    writer.abort()
-    assert store.read(sha256(b"kept")) == b"kept"
-
-
-def test_second_identical_write_is_harmless(store: IBlobStore) -> None:
-    """Writing an existing blob again (even concurrently) returns the same digest, content intact."""
-    first, second = store.writer(), store.writer()
-    first.write(b"same")
-    second.write(b"same")
-    assert first.commit() == (sha256(b"same"), 4)
-    assert second.commit(sha256(b"same")) == (sha256(b"same"), 4)
-    assert store.put(b"same") == (sha256(b"same"), 4)
-    assert store.read(sha256(b"same")) == b"same"
+# The contract of every blob store is in test_blob_store_contract.py.
 
 
 # Filesystem store only.

@@ -12,13 +12,16 @@ import pytest
 
 from nixforge.errors import StoreFull
 from nixforge.oci.documents import ImageManifests, LayerBlob, build_manifests
-from nixforge.oci.layer_cache import LayerCache, layer_key
+from nixforge.oci.manifest_references import ManifestReferences
+from nixforge.store.durable_index import FilesystemTagIndex
 from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.gc import GarbageCollector
-from nixforge.store.gc_journal import GcPlan
+from nixforge.store.gc_journal import GcJournal, GcPlan
 from nixforge.store.interfaces import TagRecord
+from nixforge.store.layer_cache import LayerCache, layer_key
 from nixforge.store.pull_times import PullTimes
-from nixforge.store.tag_index import HISTORY_LIMIT, FilesystemTagIndex
+from nixforge.store.records import FilesystemRecordStore
+from nixforge.store.tag_index import HISTORY_LIMIT
 
 DAY = 86400.0
 
@@ -41,9 +44,11 @@ class Fixture:
         self.clock = clock or Now()
         self.store = FilesystemBlobStore(str(root))
         self.index = FilesystemTagIndex(str(root), clock=self.clock, retention=7 * DAY)
-        self.cache = LayerCache(str(root / "layers"))
-        self.pulls = PullTimes(str(root / "pulls.json"))
-        self.gc = GarbageCollector(self.store, self.index, self.cache, self.pulls, max_size=max_size)
+        self.cache = LayerCache.in_directory(str(root / "layers"))
+        self.pulls = PullTimes.in_file(str(root / "pulls.json"))
+        self.journal = GcJournal(FilesystemRecordStore(str(root)))
+        self.gc = GarbageCollector(self.store, self.index, self.cache, self.pulls, self.journal,
+                                   ManifestReferences(), max_size=max_size)
 
     def image(self, *layer_payloads: bytes) -> ImageManifests:
         """Store an image whose layers hold these bytes (each cached under its payload as key)."""
@@ -97,7 +102,7 @@ def test_unreferenced_blobs_go_and_referenced_ones_stay(tmp_path: Path) -> None:
     assert f.cache.get(layer_key(["layer-orphan"]), f.store) is None
     assert not os.path.exists(tmp_path / "layers" / (layer_key(["layer-orphan"]) + ".json"))
     assert os.path.exists(tmp_path / "layers" / (layer_key(["layer-shared"]) + ".json"))
-    assert not os.path.exists(f.gc.journal.path)
+    assert not f.gc.journal.read() is not None
 
 
 def test_cap_evicts_least_recently_pulled_images_first(tmp_path: Path) -> None:
@@ -218,7 +223,7 @@ def test_a_journal_left_by_a_crash_is_finished_without_deleting_what_is_referenc
     assert result is not None
     assert again.index.get("old", "latest") is None
     assert again.blobs() == blobs_of(later)
-    assert not os.path.exists(again.gc.journal.path)
+    assert not again.gc.journal.read() is not None
 
 
 def test_an_interrupted_run_leaves_its_journal_for_the_next(tmp_path: Path) -> None:
@@ -228,17 +233,17 @@ def test_an_interrupted_run_leaves_its_journal_for_the_next(tmp_path: Path) -> N
     f.gc.cancelled.set()
     result = f.gc.collect()
     assert result is not None and not result.completed
-    assert os.path.exists(f.gc.journal.path)
+    assert f.gc.journal.read() is not None
     f.gc.cancelled.clear()
     assert f.gc.collect() is not None
-    assert f.blobs() == set() and not os.path.exists(f.gc.journal.path)
+    assert f.blobs() == set() and not f.gc.journal.read() is not None
 
 
 def test_pull_times_are_saved_by_gc_and_read_back(tmp_path: Path) -> None:
     f = Fixture(tmp_path)
     f.pulls.record("a", "latest", 42.0)
     f.gc.collect()
-    assert PullTimes(str(tmp_path / "pulls.json")).get("a", "latest") == 42.0
+    assert PullTimes.in_file(str(tmp_path / "pulls.json")).get("a", "latest") == 42.0
     assert not f.pulls.save()  # nothing changed since: no write
 
 

@@ -107,4 +107,4 @@ def test_the_timer_runs_at_start_and_every_interval_and_stop_saves_pull_times(tm
     assert not stopped.called
     pool.step()
     assert stopped.called
-    assert PullTimes(str(tmp_path / "pulls.json")).get("hello", "latest") == 60
+    assert PullTimes.in_file(str(tmp_path / "pulls.json")).get("hello", "latest") == 60

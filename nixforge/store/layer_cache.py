@@ -5,21 +5,28 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Iterable, Iterator
 
+from attrs import frozen
 from twisted.logger import Logger
 
-from nixforge.oci.documents import LayerBlob
-from nixforge.store.durable import replace_file
-from nixforge.store.interfaces import IBlobStore
+from nixforge.store.interfaces import IBlobStore, IRecordStore
+from nixforge.store.records import FilesystemRecordStore, encode_json
 
 log = Logger()
-_TEMP_PREFIX = ".tmp-"
 
 FORMAT_VERSION = "nixforge-closure-layer-v1"
 """Bump when the tar or gzip bytes of a layer change, so old entries are no longer used."""
+
+
+@frozen
+class LayerBlob:
+    """A stored gzip-compressed layer: its blob digest and size, and its uncompressed diff_id."""
+
+    digest: str
+    size: int
+    diff_id: str
 
 
 def layer_key(paths: Iterable[str], version: str = FORMAT_VERSION) -> str:
@@ -28,38 +35,45 @@ def layer_key(paths: Iterable[str], version: str = FORMAT_VERSION) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _check(key: str) -> str:
+    if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
+        raise ValueError(f"not a layer key: {key!r}")
+    return key
+
+
 class LayerCache:
-    """Layer key -> LayerBlob, one JSON file per key under `root`, kept in memory too.
+    """Layer key -> LayerBlob, one record per key (`<prefix><key>.json`), kept in memory too.
 
     Thread-safe. `get` answers only when the blob is still in the store, so a layer that was
     stored once is never written again, and one whose blob was lost is rebuilt.
     """
 
-    def __init__(self, root: str) -> None:
-        self._root = root
+    def __init__(self, records: IRecordStore, prefix: str = "layers/") -> None:
+        self.records = records
+        self.prefix = prefix
         self._memory: dict[str, LayerBlob] = {}
         self._lock = threading.Lock()
         self._writing: dict[str, tuple[threading.Lock, int]] = {}
-        os.makedirs(root, exist_ok=True)
-        for name in os.listdir(root):
-            if name.startswith(_TEMP_PREFIX):  # left by a crash in the middle of `put`
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(root, name))
 
-    def _file(self, key: str) -> str:
-        if len(key) != 64 or any(c not in "0123456789abcdef" for c in key):
-            raise ValueError(f"not a layer key: {key!r}")
-        return os.path.join(self._root, key + ".json")
+    @classmethod
+    def in_directory(cls, root: str) -> LayerCache:
+        """A cache of one JSON file per key in directory `root` (temp files a crash left are removed)."""
+        records = FilesystemRecordStore(root)
+        records.remove_temporaries()
+        return cls(records, prefix="")
 
-    def _load(self, key: str) -> LayerBlob | None:
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}{_check(key)}.json"
+
+    def _load(self, record_key: str) -> LayerBlob | None:
         try:
-            with open(self._file(key), "rb") as file:
-                data = json.loads(file.read())
+            stored = self.records.get(record_key)
+            if stored is None:
+                return None
+            data = json.loads(stored.value)
             return LayerBlob(str(data["digest"]), int(data["size"]), str(data["diff_id"]))
-        except FileNotFoundError:
-            return None
         except (OSError, ValueError, KeyError, TypeError) as error:
-            log.warn("ignoring unreadable layer cache entry {key}: {error}", key=key, error=str(error))
+            log.warn("ignoring unreadable layer cache entry {key}: {error}", key=record_key, error=str(error))
             return None
 
     def get(self, key: str, store: IBlobStore) -> LayerBlob | None:
@@ -67,7 +81,7 @@ class LayerCache:
         with self._lock:
             blob = self._memory.get(key)
         if blob is None:
-            blob = self._load(key)
+            blob = self._load(self._key(key))
             if blob is not None:
                 with self._lock:
                     self._memory[key] = blob
@@ -97,25 +111,20 @@ class LayerCache:
         if not digests:
             return 0
         removed = 0
-        for name in os.listdir(self._root):
-            key = name.removesuffix(".json")
-            if name.startswith(_TEMP_PREFIX) or key == name:
+        for record_key in self.records.keys(self.prefix):
+            if not record_key.endswith(".json"):
                 continue
-            try:
-                blob = self._load(key)
-            except ValueError:
-                continue
+            blob = self._load(record_key)
             if blob is not None and blob.digest in digests:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self._file(key))
+                self.records.delete(record_key)
                 with self._lock:
-                    self._memory.pop(key, None)
+                    self._memory.pop(record_key[len(self.prefix):-len(".json")], None)
                 removed += 1
         return removed
 
     def put(self, key: str, blob: LayerBlob) -> None:
-        """Record `blob` for `key` durably (temp file, fsync, rename, fsync of the directory)."""
-        body = json.dumps({"digest": blob.digest, "size": blob.size, "diff_id": blob.diff_id}, sort_keys=True)
-        replace_file(self._file(key), body.encode(), _TEMP_PREFIX)
+        """Record `blob` for `key` durably."""
+        self.records.put(self._key(key), encode_json({"digest": blob.digest, "size": blob.size,
+                                                       "diff_id": blob.diff_id}))
         with self._lock:
             self._memory[key] = blob
