@@ -59,9 +59,9 @@ from nixforge.store.backend import StoreBackend, StoreRefreshService, StoreUnrea
 from nixforge.store.gc import GC_LEASE_TTL, GarbageCollector
 from nixforge.store.gc_journal import GcJournal
 from nixforge.store.gc_service import GcScheduler, GcTimerService
-from nixforge.store.interfaces import IBlobLocations, IBlobStore
+from nixforge.store.interfaces import IBlobLocations, IBlobStore, IRecordStore
 from nixforge.store.layer_cache import LayerCache
-from nixforge.store.narinfo_records import FilesystemNarRecords
+from nixforge.store.narinfo_records import NarRecords
 from nixforge.store.pull_times import PullTimes
 from nixforge.store.record_leases import RecordLeases
 from nixforge.store.s3_client import S3Settings
@@ -273,12 +273,11 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                 leases.append(("build", shared_builds.leases))
             metrics.registry.register(S3Collector(backend.calls, leases))
     served = ServedClosures(index, store, policy, run_in_thread)
-    nix_cache = _nix_cache(config, served, nix, store, run_in_thread, reactor)
+    nix_cache = _nix_cache(config, served, nix, store, records, run_in_thread, reactor)
     snapshotter = SnapshotterImages(images, served, store, run_in_thread)
     collector.keep_also = lambda: [*snapshotter.live_blobs(), *(nix_cache.live_blobs() if nix_cache else ())]
     api = RegistryApi(snapshotter, reactor,
-                      nix_cache=None if nix_cache is None else NixCacheApi(nix_cache, reactor,
-                                                                           lambda call: reactor.callLater(0, call)),
+                      nix_cache=None if nix_cache is None else NixCacheApi(nix_cache),
                       ui=_ui_pages(config, images, builds, gc, collector, reactor, root),
                       readiness=lambda: readiness.current, builds=builds, metrics=metrics,
                       max_name_length=config.max_name_length,
@@ -335,12 +334,12 @@ def _lock_latest(locks: FlakeLocks) -> None:
 
 
 def _nix_cache(config: ForgeConfig, served: ServedClosures, nix: NixClient, store: IBlobStore,
-               run_in_thread: Any, reactor: Any) -> NixCache | None:
+               records: IRecordStore, run_in_thread: Any, reactor: Any) -> NixCache | None:
     """The binary cache of the served closures at /nix-cache/, when NIXFORGE_CACHE_KEY_FILE names a key."""
     if not config.cache_key_file:
         return None
     key = CacheKey.load(config.cache_key_file)
-    cache = NixCache(served, nix, store, FilesystemNarRecords(config.data_dir), key, run_in_thread, reactor)
+    cache = NixCache(served, nix, store, NarRecords(records), key, run_in_thread, reactor)
     log.info("serving a Nix binary cache of the served closures at /nix-cache/, public key {public}",
              public=key.public())
     return cache

@@ -30,7 +30,7 @@ from nixforge.api.refresh import refresh
 from nixforge.api.routing import CONVERTERS
 from nixforge.api.sendfile import send_blob
 from nixforge.api.ui import UiPages
-from nixforge.images.interfaces import IImageService
+from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.oci import media_types as mt
 from nixforge.oci.referrers import referrers_index
 from nixforge.readiness import NOT_CHECKED, Readiness
@@ -220,7 +220,7 @@ class RegistryApi:
         if self._nix_cache is None:
             raise HttpError("UNSUPPORTED", "no binary cache here: NIXFORGE_CACHE_KEY_FILE is not set",
                             {"setting": "NIXFORGE_CACHE_KEY_FILE"}, status=404)
-        return await self._nix_cache.handle(request, rest)
+        return await self._nix_cache.handle(request, rest, self._deliver)
 
     @app.route("/healthz")
     @_read_only("/healthz")
@@ -322,9 +322,14 @@ class RegistryApi:
     async def _blob(self, request: IRequest, name: str, digest_text: str) -> bytes | None:
         digest = parse_digest(digest_text)
         blob = await self._images.blob(name, str(digest))
-        request.setHeader(b"Accept-Ranges", b"bytes")
         if self._not_modified(request, blob.digest):
+            request.setHeader(b"Accept-Ranges", b"bytes")
             return b""
+        return await self._deliver(request, blob, b"application/octet-stream")
+
+    async def _deliver(self, request: IRequest, blob: BlobFile, content_type: bytes) -> bytes | None:
+        """Answer with a stored blob: a 307 to the bucket when it can, else its bytes (whole, one range, or HEAD)."""
+        request.setHeader(b"Accept-Ranges", b"bytes")
         location = self._blob_url(blob.digest) if request.method == b"GET" and self._blob_url else None
         if location is not None:  # after the name, policy and auth checks; the URL is never logged
             request.setResponseCode(307)
@@ -332,7 +337,7 @@ class RegistryApi:
             request.setHeader(b"Content-Length", b"0")
             return b""
         byte_range = None if request.method == b"HEAD" else parse_range(_header(request, b"range"), blob.size)
-        request.setHeader(b"Content-Type", b"application/octet-stream")
+        request.setHeader(b"Content-Type", content_type)
         if request.method == b"HEAD":
             request.setHeader(b"Content-Length", str(blob.size).encode())
             return b""

@@ -81,6 +81,8 @@ class NixCache:
         """The signed narinfo of a served path, making (dumping) its NAR the first time."""
         path = await self.served_path(hash_part)
         record = self.records.get(hash_part)
+        if record is None:  # another replica may have made it
+            record = await self.run_in_thread(self.records.lookup, hash_part)
         if record is None or record.store_path != path or self.store.size(record.file_digest) is None:
             record = await self._shared(hash_part, path)
         return self._sign(hash_part, record)

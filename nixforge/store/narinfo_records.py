@@ -1,19 +1,18 @@
-"""The binary cache's durable records: per store path hash, the facts of its stored NAR (one small file each)."""
+"""The binary cache's durable records: per store path hash, the facts of its stored NAR (one record each)."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 
 from attrs import asdict, frozen
 from zope.interface import Interface, implementer
 
-from nixforge.store.durable import replace_file
+from nixforge.store.interfaces import IRecordStore
+from nixforge.store.records import FilesystemRecordStore
 
 _HASH_PART = re.compile(r"[0-9a-df-np-sv-z]{32}")
-_TEMP_PREFIX = ".tmp-narinfo-"
 
 
 @frozen
@@ -32,8 +31,8 @@ class NarRecord:
 class INarRecords(Interface):
     """Per store path hash, the record of its stored NAR; `get`, `items` and `hash_of_file` answer from memory.
 
-    Another backend (issue 13's bucket) keeps them beside the NAR blobs, so that any replica
-    answers for a NAR any replica made: a miss in memory may then look in the bucket.
+    They live in the registry's record store (the data dir, or the bucket replicas share), so any
+    replica answers for a NAR any replica made: a miss in memory looks there (`lookup`).
     """
 
     def get(hash_part: str) -> NarRecord | None:
@@ -45,31 +44,41 @@ class INarRecords(Interface):
     def hash_of_file(file_digest: str) -> str | None:
         """The store path hash whose NAR is the blob `file_digest`."""
 
+    def lookup(hash_part: str) -> NarRecord | None:
+        """Read the record from the store now (another replica may have written it). Blocks."""
+
     def put(hash_part: str, record: NarRecord) -> None:
         """Durably write the record, then remember it. Blocks: run it in a worker thread."""
 
 
 @implementer(INarRecords)
-class FilesystemNarRecords:
-    """`<data dir>/nix-cache/<hash>.json`, all read at start-up; `get` answers from memory."""
+class NarRecords:
+    """`nix-cache/<hash>.json` records in the registry's record store (the data dir or the bucket).
 
-    def __init__(self, data_dir: str) -> None:
-        self.directory = os.path.join(data_dir, "nix-cache")
-        os.makedirs(self.directory, exist_ok=True)
+    All are read at start-up, so `get` answers from memory; `lookup` reads one that another replica
+    wrote since (blocking: in a worker thread).
+    """
+
+    def __init__(self, records: IRecordStore, prefix: str = "nix-cache/") -> None:
+        self._store = records
+        self._prefix = prefix
         self._lock = threading.Lock()
         self._records: dict[str, NarRecord] = {}
         self._by_file: dict[str, str] = {}
-        for entry in os.listdir(self.directory):
-            hash_part = entry.removesuffix(".json")
-            if not entry.endswith(".json") or not _HASH_PART.fullmatch(hash_part):
-                continue
-            try:
-                with open(os.path.join(self.directory, entry), encoding="utf-8") as file:
-                    data = json.load(file)
-                record = NarRecord(**{**data, "references": tuple(data["references"])})
-            except (OSError, ValueError, TypeError, KeyError):
-                continue  # unreadable: the NAR is made again when asked for
-            self._remember(hash_part, record)
+        for key in records.keys(prefix):
+            hash_part = key[len(prefix):].removesuffix(".json")
+            if _HASH_PART.fullmatch(hash_part):
+                self.lookup(hash_part)
+
+    @classmethod
+    def in_directory(cls, data_dir: str) -> NarRecords:
+        """The records of a data dir (`<data dir>/nix-cache/<hash>.json`)."""
+        return cls(FilesystemRecordStore(data_dir))
+
+    def _key(self, hash_part: str) -> str:
+        if not _HASH_PART.fullmatch(hash_part):
+            raise ValueError(f"not a store path hash: {hash_part!r}")
+        return f"{self._prefix}{hash_part}.json"
 
     def _remember(self, hash_part: str, record: NarRecord) -> None:
         with self._lock:
@@ -79,6 +88,19 @@ class FilesystemNarRecords:
     def get(self, hash_part: str) -> NarRecord | None:
         """The record of a store path hash, from memory."""
         return self._records.get(hash_part)
+
+    def lookup(self, hash_part: str) -> NarRecord | None:
+        """The record as the store holds it now (another replica may have written it), remembered. Blocks."""
+        stored = self._store.get(self._key(hash_part))
+        if stored is None:
+            return None
+        try:
+            data = json.loads(stored.value)
+            record = NarRecord(**{**data, "references": tuple(data["references"])})
+        except (ValueError, TypeError, KeyError):
+            return None  # unreadable: the NAR is made again when asked for
+        self._remember(hash_part, record)
+        return record
 
     def items(self) -> list[tuple[str, NarRecord]]:
         """Every (store path hash, record), a snapshot (any thread)."""
@@ -90,9 +112,6 @@ class FilesystemNarRecords:
         return self._by_file.get(file_digest)
 
     def put(self, hash_part: str, record: NarRecord) -> None:
-        """Durably write the record (temp file, fsync, rename), then remember it. Blocks."""
-        if not _HASH_PART.fullmatch(hash_part):
-            raise ValueError(f"not a store path hash: {hash_part!r}")
-        body = json.dumps(asdict(record), sort_keys=True)
-        replace_file(os.path.join(self.directory, hash_part + ".json"), body.encode(), _TEMP_PREFIX)
+        """Durably write the record, then remember it. Blocks."""
+        self._store.put(self._key(hash_part), json.dumps(asdict(record), sort_keys=True).encode())
         self._remember(hash_part, record)

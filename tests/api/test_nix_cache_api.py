@@ -34,7 +34,7 @@ from nixforge.oci.sbom import PackageFacts
 from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.interfaces import TagRecord
 from nixforge.store.locked_revisions import MemoryLockedRevisions
-from nixforge.store.narinfo_records import FilesystemNarRecords
+from nixforge.store.narinfo_records import NarRecords
 from nixforge.store.tag_index import MemoryTagIndex
 from tests.e2e.e2e_support import processes_matching
 from tests.nix.test_nar_dump import add_to_store
@@ -78,10 +78,10 @@ def served_site(reactor: Any, tmp_path: Path, big_path: str) -> Any:
 
     served = ServedClosures(index, store, AccessPolicy("path:/f", MemoryLockedRevisions()), run_in_thread)
     nix = NixClient(reactor, 120, env={"NIX_CONFIG": "substituters =\nexperimental-features ="})
-    records = FilesystemNarRecords(str(tmp_path / "data"))
+    records = NarRecords.in_directory(str(tmp_path / "data"))
     cache = NixCache(served, nix, store, records, CacheKey.load(str(tmp_path / "sec")), run_in_thread, reactor)
     api = RegistryApi(FakeImageService(), reactor,
-                      nix_cache=NixCacheApi(cache, reactor, lambda call: reactor.callLater(0, call)))
+                      nix_cache=NixCacheApi(cache))
     port = reactor.listenTCP(0, RecordingSite(api.resource()), interface="127.0.0.1")
     yield f"http://127.0.0.1:{port.getHost().port}", store, records, cache
     port.stopListening()

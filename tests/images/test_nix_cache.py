@@ -30,7 +30,7 @@ from nixforge.oci.sbom import PackageFacts
 from nixforge.store.interfaces import TagRecord
 from nixforge.store.locked_revisions import MemoryLockedRevisions
 from nixforge.store.memory import MemoryBlobStore
-from nixforge.store.narinfo_records import FilesystemNarRecords, INarRecords, NarRecord
+from nixforge.store.narinfo_records import INarRecords, NarRecord, NarRecords
 from nixforge.store.tag_index import MemoryTagIndex
 
 TOP = "/nix/store/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-top"
@@ -119,7 +119,7 @@ def key() -> CacheKey:
     return CacheKey.parse("test-1:" + base64.b64encode(seed + public).decode())
 
 
-def cache(store: MemoryBlobStore, index: MemoryTagIndex, records: FilesystemNarRecords,
+def cache(store: MemoryBlobStore, index: MemoryTagIndex, records: NarRecords,
           signing: CacheKey | None, packages: tuple[str, ...] = ("*",)) -> NixCache:
     # A nix binary that does not exist: any Nix run fails the test.
     nix = NixClient(Clock(), 60, nix_binary="/nonexistent/nix")
@@ -127,7 +127,7 @@ def cache(store: MemoryBlobStore, index: MemoryTagIndex, records: FilesystemNarR
 
 
 def test_without_a_key_everything_says_why(store: MemoryBlobStore, index: MemoryTagIndex, tmp_path: Any) -> None:
-    nix_cache = cache(store, index, FilesystemNarRecords(str(tmp_path)), None)
+    nix_cache = cache(store, index, NarRecords.in_directory(str(tmp_path)), None)
     for call in (nix_cache.cache_info, lambda: outcome(Deferred.fromCoroutine(nix_cache.narinfo("a" * 32)))):
         with pytest.raises(BlobUnknown) as caught:
             call()
@@ -136,7 +136,7 @@ def test_without_a_key_everything_says_why(store: MemoryBlobStore, index: Memory
 
 def test_gc_keeps_every_recorded_nar_until_the_closures_were_read(store: MemoryBlobStore, index: MemoryTagIndex,
                                                                   tmp_path: Any) -> None:
-    records = FilesystemNarRecords(str(tmp_path))
+    records = NarRecords.in_directory(str(tmp_path))
     records.put("d" * 32, NarRecord("/nix/store/" + "d" * 32 + "-gone", "sha256:" + "1" * 64, 1, "0" * 64, 1, ()))
     closures = ServedClosures(index, store, AccessPolicy("path:/f", MemoryLockedRevisions()), now)
     nix_cache = NixCache(closures, NixClient(Clock(), 60, nix_binary="/nonexistent/nix"), store, records, key(), now,
@@ -150,9 +150,9 @@ def test_a_stored_nar_is_answered_without_nix(store: MemoryBlobStore, index: Mem
     nar = b"nar bytes"
     digest, size = store.put(lzma.compress(nar))
     record = NarRecord(TOP, digest, size, hashlib.sha256(nar).hexdigest(), len(nar), (LIB, TOP), None)
-    FilesystemNarRecords(str(tmp_path)).put("a" * 32, record)
+    NarRecords.in_directory(str(tmp_path)).put("a" * 32, record)
     signing = key()
-    nix_cache = cache(store, index, FilesystemNarRecords(str(tmp_path)), signing)  # read back from disk
+    nix_cache = cache(store, index, NarRecords.in_directory(str(tmp_path)), signing)  # read back from disk
     fields = parse_narinfo(outcome(Deferred.fromCoroutine(nix_cache.narinfo("a" * 32))).decode())
     assert fields["StorePath"] == TOP and fields["Sig"].startswith("test-1:")
     assert fields["FileSize"] == str(size) and fields["NarSize"] == str(len(nar))
@@ -161,7 +161,7 @@ def test_a_stored_nar_is_answered_without_nix(store: MemoryBlobStore, index: Mem
     assert nix_cache.live_blobs() == [digest]  # GC keeps it
 
     # Once `web` is refused, the same NAR is 404.
-    refused = cache(store, index, FilesystemNarRecords(str(tmp_path)), signing, packages=("tool",))
+    refused = cache(store, index, NarRecords.in_directory(str(tmp_path)), signing, packages=("tool",))
     assert refused.live_blobs() == []  # GC may take it
     for coroutine in (refused.narinfo("a" * 32), refused.nar(nar_file_name(bytes.fromhex(digest[7:])))):
         with pytest.raises(BlobUnknown) as caught:
@@ -170,7 +170,7 @@ def test_a_stored_nar_is_answered_without_nix(store: MemoryBlobStore, index: Mem
 
 
 def test_unserved_and_unknown_files_are_404(store: MemoryBlobStore, index: MemoryTagIndex, tmp_path: Any) -> None:
-    nix_cache = cache(store, index, FilesystemNarRecords(str(tmp_path)), key())
+    nix_cache = cache(store, index, NarRecords.in_directory(str(tmp_path)), key())
     with pytest.raises(BlobUnknown) as caught:
         outcome(Deferred.fromCoroutine(nix_cache.narinfo("d" * 32)))
     assert caught.value.message == NOT_SERVED
@@ -180,12 +180,12 @@ def test_unserved_and_unknown_files_are_404(store: MemoryBlobStore, index: Memor
 
 
 def test_the_filesystem_records_keep_their_contract(tmp_path: Any) -> None:
-    records = FilesystemNarRecords(str(tmp_path))
+    records = NarRecords.in_directory(str(tmp_path))
     assert verifyObject(INarRecords, records)
     record = NarRecord(TOP, "sha256:" + "2" * 64, 5, "3" * 64, 9, (LIB,), "/nix/store/" + "e" * 32 + "-x.drv")
     records.put("a" * 32, record)
     with pytest.raises(ValueError):
         records.put("not-a-hash", record)
-    again = FilesystemNarRecords(str(tmp_path))
+    again = NarRecords.in_directory(str(tmp_path))
     assert again.get("a" * 32) == record and again.hash_of_file(record.file_digest) == "a" * 32
     assert again.items() == [("a" * 32, record)]
