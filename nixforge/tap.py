@@ -25,6 +25,7 @@ from nixforge.api.access_log import ObservedResource
 from nixforge.api.app import RegistryApi
 from nixforge.api.auth import Authenticator, AuthResource
 from nixforge.api.builds import BuildBook
+from nixforge.api.copy_threads import CopyThreads
 from nixforge.api.edge import EdgeSite
 from nixforge.api.htpasswd import HtpasswdFile
 from nixforge.api.metrics import BuildMetrics, RegistryMetrics
@@ -256,7 +257,7 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                     header_timeout=config.header_timeout, send_timeout=config.send_timeout,
                     max_connections=config.max_connections,
                     max_client_connections=config.max_client_connections, reactor=reactor,
-                    body_limit=refresh_body_limit)
+                    body_limit=refresh_body_limit, blob_copier=_blob_copier(config, reactor))
     factory = site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site)
     _ListeningService(endpoint, factory).setServiceParent(root)
     log.info("nixforge {version}: flake {flake}, data in {data_dir}, store cap {cap}, systems {systems}",
@@ -267,6 +268,13 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
              commit_tags=config.commit_tags,
              script_user=scripts.user.name if scripts.user is not None else "nixforge's own user")
     return root
+
+
+def _blob_copier(config: ForgeConfig, reactor: Any) -> CopyThreads | None:
+    """The copy threads of blob bodies (NIXFORGE_SEND_THREADS, NIXFORGE_BLOB_COPY), or None for none."""
+    if config.send_threads == 0:
+        return None
+    return CopyThreads(reactor.callFromThread, max_threads=config.send_threads, mode=config.blob_copy)
 
 
 def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, reactor: Any) -> IResource:

@@ -25,6 +25,7 @@ from twisted.web.http import RESPONSES, HTTPChannel
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
+from nixforge.api.copy_threads import CopyThreads
 from nixforge.api.errors import API_VERSION, API_VERSION_HEADER, ErrorResponse, HttpError
 from nixforge.api.numbers import is_decimal, saturating_decimal
 
@@ -235,8 +236,10 @@ class EdgeSite(Site):
         max_client_connections: int = 1024,
         reactor: Any = None,
         body_limit: Callable[[bytes, bytes], int] | None = None,
+        blob_copier: CopyThreads | None = None,
     ) -> None:
         super().__init__(resource, reactor=reactor)
+        self.blob_copier = blob_copier
         self.body_limit = body_limit
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
