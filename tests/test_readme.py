@@ -7,12 +7,14 @@ from nixforge.config import SETTINGS
 from nixforge.tap import Options
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+DOCS = README.parent / "docs"
 
 
 def readme_settings() -> dict[str, tuple[str, str]]:
-    """Variable → (option cell, default cell) from the README's settings table."""
+    """Variable → (option cell, default cell) from the settings tables of the README and docs/."""
     rows = {}
-    for line in README.read_text(encoding="utf-8").splitlines():
+    text = "\n".join(path.read_text(encoding="utf-8") for path in [README, *sorted(DOCS.glob("*.md"))])
+    for line in text.splitlines():
         match = re.match(r"\| `([A-Z_]+)` \| (.*?) \| (.*?) \|", line)
         if match:
             rows[match.group(1)] = (match.group(2), match.group(3))
