@@ -25,6 +25,7 @@ from nixforge.api.access_log import ObservedResource
 from nixforge.api.app import RegistryApi
 from nixforge.api.auth import Authenticator, AuthResource
 from nixforge.api.builds import BuildBook
+from nixforge.api.connection_caps import ConnectionCaps
 from nixforge.api.copy_threads import CopyThreads
 from nixforge.api.edge import EdgeSite
 from nixforge.api.htpasswd import HtpasswdFile
@@ -266,11 +267,10 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
     observed = _observed(_with_auth(api.resource(), config, run_in_thread, reactor), config, metrics, reactor, root)
     site = EdgeSite(observed,
-                    header_timeout=config.header_timeout, send_timeout=config.send_timeout,
-                    max_connections=config.max_connections,
-                    max_client_connections=config.max_client_connections, reactor=reactor,
+                    header_timeout=config.header_timeout, send_timeout=config.send_timeout, reactor=reactor,
                     body_limit=refresh_body_limit, blob_copier=_blob_copier(config, reactor))
-    factory = site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site)
+    factory = ConnectionCaps(site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site),
+                             config.max_connections, config.max_client_connections)
     _ListeningService(endpoint, factory).setServiceParent(root)
     log.info("nixforge {version}: flake {flake}, data in {data_dir}, store cap {cap}, systems {systems}",
              version=__version__, flake=config.flake, data_dir=config.data_dir, systems=",".join(systems.systems),
