@@ -15,7 +15,7 @@ setup(
     packages=[*find_packages(include=["nixforge", "nixforge.*"]), "twisted.plugins"],
     package_data={"twisted.plugins": ["nixforge_plugin.py"]},
     install_requires=[
-        "twisted[tls]>=24.7",
+        "twisted[tls]>=24.7,<27",
         "klein>=24.8",
         "treq>=24.9",
         "attrs>=23.1",

@@ -9,11 +9,9 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
-from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -41,6 +39,7 @@ from nixforge.images.policy import AccessPolicy
 from nixforge.images.script_user import ScriptUser
 from nixforge.images.service import ImageService
 from nixforge.images.systems import SystemsBuilder, host_platform, host_system
+from nixforge.listening import ListeningService
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
 from nixforge.oci.layer_cache import LayerCache
@@ -138,26 +137,6 @@ def check_data_dir(path: str) -> None:
     except OSError as error:
         reason = error.strerror or str(error)
         raise ConfigError(f"cannot use the data dir {path!r} (--data-dir, NIXFORGE_DATA_DIR): {reason}") from None
-
-
-class _ListeningService(StreamServerEndpointService):
-    """Listen on the endpoint, fail start-up if that fails, and log the address really bound."""
-
-    _raiseSynchronously = True
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as error:
-            raise SystemExit(f"nixforge: cannot listen on {error.interface or '*'}:{error.port}: "
-                             f"{error.socketError}") from None
-        self._waitingForPort.addCallback(self._listening)
-
-    def _listening(self, port: Any) -> Any:
-        address = port.getHost()
-        log.info("nixforge listening on {host}:{port}", host=getattr(address, "host", "?"),
-                 port=getattr(address, "port", "?"))
-        return port
 
 
 class _ThreadPoolService(Service):
@@ -271,7 +250,7 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                     body_limit=refresh_body_limit, blob_copier=_blob_copier(config, reactor))
     factory = ConnectionCaps(site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site),
                              config.max_connections, config.max_client_connections)
-    _ListeningService(endpoint, factory).setServiceParent(root)
+    ListeningService(endpoint, factory).setServiceParent(root)
     log.info("nixforge {version}: flake {flake}, data in {data_dir}, store cap {cap}, systems {systems}",
              version=__version__, flake=config.flake, data_dir=config.data_dir, systems=",".join(systems.systems),
              cap="none" if config.max_store_size is None else f"{config.max_store_size} bytes")
