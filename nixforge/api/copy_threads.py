@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import socket
 import struct
@@ -16,7 +17,10 @@ from attrs import define, field, frozen
 READ_BUFFER = 1024 * 1024
 # At most this many bytes per sendfile call (the kernel caps one call near 2 GiB anyway).
 SENDFILE_CALL = 1 << 30
-COPY_MODES = ("read", "sendfile")
+COPY_MODES = ("auto", "read", "sendfile")
+# In "auto" mode, this many copies at once use "read" (fastest for few clients on loopback), the
+# rest "sendfile" (as fast with many clients, less CPU, no buffer): the bench's finding, per case.
+AUTO_READ_COPIES = 2
 UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK})
 _GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ESHUTDOWN, errno.ENOTCONN, errno.EBADF})
 
@@ -91,37 +95,40 @@ def _copy_sendfile(sock_fd: int, source_fd: int, offset: int, length: int) -> Co
 
 
 def _copy_read(sock_fd: int, source_fd: int, offset: int, length: int) -> CopyResult:
-    buffer = bytearray(min(READ_BUFFER, length))
-    view = memoryview(buffer)
-    sent = 0
-    while sent < length:
-        want = min(len(buffer), length - sent)
-        try:
-            got = os.preadv(source_fd, [view[:want]], offset + sent)
-        except OSError as error:
-            return CopyResult(sent, f"error: {error}")
-        if got == 0:
-            return CopyResult(sent, "short")
-        written = 0
-        while written < got:
+    # An anonymous mapping, not a bytearray: its pages go back to the system when it is closed (a
+    # freed 1 MiB malloc block raises glibc's mmap threshold, and the next ones stay in the process).
+    with mmap.mmap(-1, min(READ_BUFFER, length)) as buffer, memoryview(buffer) as view:
+        sent = 0
+        while sent < length:
+            want = min(len(view), length - sent)
             try:
-                written += os.write(sock_fd, view[written:got])
+                got = os.preadv(source_fd, [view[:want]], offset + sent)
             except OSError as error:
-                return _failure(error, sent + written)
-        sent += got
-    return CopyResult(sent)
+                return CopyResult(sent, f"error: {error}")
+            if got == 0:
+                return CopyResult(sent, "short")
+            written = 0
+            while written < got:
+                try:
+                    written += os.write(sock_fd, view[written:got])
+                except OSError as error:
+                    return _failure(error, sent + written)
+            sent += got
+        return CopyResult(sent)
 
 
 @define(eq=False)
 class CopyThreads:
     """Run copies on threads of their own, at most `max_threads` at once (more: the caller sends otherwise).
 
-    `call_from_thread` hands the result back to the reactor thread (`reactor.callFromThread`).
+    `call_from_thread` hands the result back to the reactor thread (`reactor.callFromThread`). `mode`
+    is "read", "sendfile", or "auto": "read" for the first AUTO_READ_COPIES copies at once, else
+    "sendfile".
     """
 
     call_from_thread: Callable[..., object]
     max_threads: int = 32
-    mode: str = "read"
+    mode: str = "auto"
     active: int = field(default=0, init=False)
     started: int = field(default=0, init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
@@ -137,10 +144,13 @@ class CopyThreads:
                 return False
             self.active += 1
             self.started += 1
+            mode = self.mode
+            if mode == "auto":
+                mode = "read" if self.active <= AUTO_READ_COPIES else "sendfile"
 
         def run() -> None:
             try:
-                result = copy_range(sock_fd, source_fd, offset, length, timeout, self.mode)
+                result = copy_range(sock_fd, source_fd, offset, length, timeout, mode)
             except BaseException as error:  # reported to the reactor, never lost
                 result = CopyResult(0, f"error: {error!r}")
             finally:
