@@ -72,9 +72,18 @@ class EdgeChannel(BadRequestHook):
     _head_fields = 0
     body_limit: Callable[[bytes, bytes], int] = staticmethod(lambda method, target: 0)
 
+    _secure: bool | None = None
+
     def connectionMade(self) -> None:
         super().connectionMade()
         self._start_head_deadline()
+
+    def isSecure(self) -> bool:
+        """Whether the connection is TLS, looked up once: the transport stays the same, and the lookup
+        (an interface adaptation through the wrappers) costs about 9 µs, twice a request."""
+        if self._secure is None:
+            self._secure = super().isSecure()
+        return self._secure
 
     def dataReceived(self, data: bytes) -> None:
         if self._refused:

@@ -254,3 +254,20 @@ def test_asterisk_targets_get_json(resource: CountingResource, method: bytes, st
     protocol.dataReceived(method + b" * HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer(transport)[0] == status
     assert resource.rendered == 0
+
+
+def test_is_secure_follows_the_transport_and_is_looked_up_once(resource: CountingResource) -> None:
+    from twisted.internet.interfaces import ISSLTransport
+    from zope.interface import alsoProvides
+
+    plain, _ = connect(make_site(resource, Clock()))
+    assert plain.isSecure() is False and plain.isSecure() is False
+    site = make_site(resource, Clock())
+    secure = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    alsoProvides(transport, ISSLTransport)
+    transport.setTcpNoDelay = lambda enabled: None  # type: ignore[attr-defined]  # an ITCPTransport method
+    secure.makeConnection(transport)
+    assert secure.isSecure() is True
+    secure.dataReceived(GET_V2)
+    assert transport.value().startswith(b"HTTP/1.1 200 ")
