@@ -258,7 +258,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a response may stall on a client that does not read before it is dropped."),
     Setting("send_threads", "NIXFORGE_SEND_THREADS", "send-threads", "32", _non_negative_int,
             "Blob bodies copied at once on threads of their own (more, and 0: sendfile on the reactor thread)."),
-    Setting("blob_copy", "NIXFORGE_BLOB_COPY", "blob-copy", "auto", _blob_copy,
+    Setting("blob_copy", "NIXFORGE_BLOB_COPY", "blob-copy", "read", _blob_copy,
             "How a copy thread sends a blob: read (1 MiB reads and writes), sendfile, or auto (read for "
             "the first two at once, sendfile for more)."),
     Setting("max_connections", "NIXFORGE_MAX_CONNECTIONS", "max-connections", "4096", _positive_int,
@@ -332,7 +332,7 @@ class ForgeConfig:
     header_timeout: float = 20.0
     send_timeout: float = 60.0
     send_threads: int = 32
-    blob_copy: str = "auto"
+    blob_copy: str = "read"
     max_connections: int = 4096
     max_client_connections: int = 1024
     listen_backlog: int = 1024

@@ -18,8 +18,8 @@ READ_BUFFER = 1024 * 1024
 # At most this many bytes per sendfile call (the kernel caps one call near 2 GiB anyway).
 SENDFILE_CALL = 1 << 30
 COPY_MODES = ("auto", "read", "sendfile")
-# In "auto" mode, this many copies at once use "read" (fastest for few clients on loopback), the
-# rest "sendfile" (as fast with many clients, less CPU, no buffer): the bench's finding, per case.
+# In "auto" mode, this many copies at once use "read", the rest "sendfile" (less CPU, no buffer). On
+# the bench machine "read" was faster with 1 and with 16 clients, so "read" is the default.
 AUTO_READ_COPIES = 2
 UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK})
 _GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ESHUTDOWN, errno.ENOTCONN, errno.EBADF})
@@ -128,7 +128,7 @@ class CopyThreads:
 
     call_from_thread: Callable[..., object]
     max_threads: int = 32
-    mode: str = "auto"
+    mode: str = "read"
     active: int = field(default=0, init=False)
     started: int = field(default=0, init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)

@@ -91,7 +91,7 @@ def test_threads_are_capped_auto_reads_for_the_first_two_and_results_come_back(m
         done.release()
 
     monkeypatch.setattr(copy_threads, "copy_range", fake_copy)
-    threads = CopyThreads(hand_back, max_threads=3)
+    threads = CopyThreads(hand_back, max_threads=3, mode="auto")
     assert [threads.try_copy(1, 2, 0, n, 1.0, results.append) for n in (10, 20, 30, 40)] == [True, True, True, False]
     assert threads.active == 3
     release.set()
