@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
@@ -21,6 +22,7 @@ from nixforge.logs import BatchedLines
 log = Logger()
 _NOTE_ATTRIBUTE = "nixforge_build_note"
 _ROUTE_ATTRIBUTE = "nixforge_route"
+_PENDING_ATTRIBUTE = "nixforge_body_pending"
 UNMATCHED_ROUTE = "unmatched"
 BLOB_ROUTE = "/v2/{name}/blobs/{digest}"
 
@@ -33,6 +35,15 @@ def set_route(request: IRequest, template: str) -> None:
 def route_of(request: IRequest) -> str:
     """The route template that served `request`, or `unmatched` (a 404, or refused before routing)."""
     return getattr(request, _ROUTE_ATTRIBUTE, UNMATCHED_ROUTE)
+
+
+def note_body_pending(request: IRequest, sent: Deferred[None]) -> None:
+    """A body is being sent past Twisted (a copy thread): observe the request only once `sent` fires.
+
+    A client that reads the last byte and closes at once can make Twisted finish the request before
+    the copy thread's count of bytes reaches the reactor; the log line and the metrics wait for it.
+    """
+    setattr(request, _PENDING_ATTRIBUTE, sent)
 
 
 def build_note(request: IRequest) -> BuildNote:
@@ -61,8 +72,15 @@ class ObservedResource(Resource):
     def render(self, request: IRequest) -> Any:
         """Note the start, render the wrapped resource, and observe the end (also a client gone)."""
         started = self._clock.seconds()
-        request.notifyFinish().addBoth(lambda _: self._done(request, started))
+        request.notifyFinish().addBoth(lambda _: self._finished(request, started))
         return self._wrapped.render(request)
+
+    def _finished(self, request: IRequest, started: float) -> None:
+        pending = getattr(request, _PENDING_ATTRIBUTE, None)
+        if pending is not None and not pending.called:
+            pending.addBoth(lambda _: self._done(request, started))
+        else:
+            self._done(request, started)
 
     def _done(self, request: IRequest, started: float) -> None:
         seconds = self._clock.seconds() - started

@@ -16,6 +16,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from nixforge.api.access_log import note_body_pending
 from nixforge.api.blob_sender import BlobProducer, BodySender
 from nixforge.api.copy_threads import UNSUPPORTED, CopyResult, CopyThreads
 from nixforge.api.twisted_compat import count_sent, transport_idle
@@ -166,6 +167,8 @@ class SendfileSender(BodySender):
             copier, self._copier = self._copier, None
             if copier.try_copy(self._fd, self._source, self._offset, self._remaining, self._timeout, self._copied):
                 self._copying = True
+                self._copy_counted: Deferred[None] = Deferred()
+                note_body_pending(self._request, self._copy_counted)
                 self._reactor.removeWriter(self)
                 return
         count = min(self._remaining, SEND_SLICE)
@@ -212,6 +215,7 @@ class SendfileSender(BodySender):
         self._offset += result.sent
         self._remaining -= result.sent
         count_sent(self._request, result.sent)
+        self._copy_counted.callback(None)
         if self._stopped:  # the client went away meanwhile; the thread no longer uses the descriptors
             self._close_descriptors()
             return

@@ -137,3 +137,38 @@ def test_batched_access_lines_have_the_same_fields(images: FakeImageService, clo
     assert len(written) == 2
     assert re.fullmatch(r"GET /v2/team/app/manifests/v1 200 \d+ \d+\.\d{3}s \"say 'hi'\"", written[0])
     assert written[1].startswith("GET /v2/other/manifests/v1 404 ")
+
+
+def test_a_body_still_counted_by_a_copy_thread_delays_the_line_until_it_is(clock: Clock) -> None:
+    """The client got every byte and left before the copy thread's count reached the reactor."""
+    from twisted.internet.defer import Deferred
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET
+
+    from nixforge.api.access_log import note_body_pending
+
+    counted: Deferred[None] = Deferred()
+    requests: list = []
+
+    class Copying(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):  # type: ignore[no-untyped-def]
+            note_body_pending(request, counted)
+            request.setHeader(b"Content-Length", b"5")
+            request.write(b"hello")
+            requests.append(request)
+            request.finish()
+            return NOT_DONE_YET
+
+    stream = io.StringIO()
+    lines = BatchedLines(clock, "nixforge.api.access_log", stream=lambda: stream, level=lambda: LogLevel.info)
+    metrics = RegistryMetrics(State(), Gc())
+    client = StubClient(ObservedResource(Copying(), clock, metrics, lines=lines), clock)
+    client.request("GET", "/v2/x/blobs/sha256:" + "a" * 64)
+    clock.advance(1)
+    assert stream.getvalue() == ""  # the request is finished, but its bytes are not counted yet
+    requests[0].sentLength += 1000  # what count_sent does when the copy thread reports back
+    counted.callback(None)
+    clock.advance(1)
+    assert " 200 1005 " in stream.getvalue()

@@ -166,6 +166,8 @@ async def test_get_sends_the_whole_blob_byte_exact_without_userspace_reads(
     [file] = blob.opened
     assert file.read_calls == 0  # sendfile, or pread on the descriptor: never the file object
     assert copier is None or (copier.started, copier.active) == (1, 0)
+    [request] = site.requests
+    assert request.sentLength >= BIG  # the access log and the blob-bytes metric read it
     assert failures == []
 
 
