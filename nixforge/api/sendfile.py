@@ -102,6 +102,11 @@ class SendfileSender(BodySender):
     descriptor are closed when the body is complete, when the client goes away, or when the Deferred
     from `start` is cancelled. If the kernel refuses `sendfile` before any byte was sent, the push
     producer takes over.
+
+    With a `copier` (CopyThreads) that has a free thread, the first writable event after the head
+    hands the whole body to a copy thread instead, which sends it with the socket blocking and a
+    send timeout of `timeout` seconds; the descriptors stay open until it reports back, and a
+    client that leaves meanwhile gets its socket shut down, which ends the thread's send at once.
     """
 
     def __init__(
@@ -120,6 +125,7 @@ class SendfileSender(BodySender):
         self._copier = copier
         self._timeout = timeout
         self._copying = False
+        self._copy_counted: Deferred[None] = Deferred()
         self._source = file.fileno()
         self._socket = sock
         self._tcp = tcp_transport(request)
@@ -167,7 +173,6 @@ class SendfileSender(BodySender):
             copier, self._copier = self._copier, None
             if copier.try_copy(self._fd, self._source, self._offset, self._remaining, self._timeout, self._copied):
                 self._copying = True
-                self._copy_counted: Deferred[None] = Deferred()
                 note_body_pending(self._request, self._copy_counted)
                 self._reactor.removeWriter(self)
                 return
