@@ -16,7 +16,7 @@ setup(
     package_data={"twisted.plugins": ["nixforge_plugin.py"],
                   "nixforge.api": ["ui_templates/*.xml", "ui_assets/*.css", "ui_assets/*.js", "ui_assets/*.svg"]},
     install_requires=[
-        "twisted[tls]>=24.7",
+        "twisted[tls]>=24.7,<27",
         "klein>=24.8",
         "treq>=24.9",
         "attrs>=23.1",

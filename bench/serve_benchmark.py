@@ -35,6 +35,7 @@ from attrs import define, field
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from blob_ceiling import curl_downloads, median_ratio, ratio_lines, round_ratios, save_blob, start_probes
 from pull_figures import (
     closure_packages,
     cold_pull_overhead,
@@ -214,13 +215,16 @@ def run_wrk(url: str, connections: int, duration: int, script: Path, accept: str
 
 
 def measure(server: ServerProcess, url: str, connections: int, duration: int, script: Path,
-            accept: str | None) -> dict[str, Any]:
-    """One point: wrk against one server, with that server's peak RSS and CPU time over the run."""
+            accept: str | None, tool: str = "wrk") -> dict[str, Any]:
+    """One point: wrk (or `connections` curl downloads at once) against one server, with its peak RSS and CPU."""
     watch = MemoryWatch(server.pid)
     cpu_before = cpu_seconds(server.pid)
     watch.start()
     try:
-        report = run_wrk(url, connections, duration, script, accept)
+        if tool == "curl":
+            report = curl_downloads(url, connections, duration)
+        else:
+            report = run_wrk(url, connections, duration, script, accept)
     finally:
         peak_kib = watch.stop()
     seconds = report["duration_us"] / 1e6
@@ -233,7 +237,7 @@ def measure(server: ServerProcess, url: str, connections: int, duration: int, sc
         "errors": sum(report[key] for key in ("connect", "read", "write", "status", "timeout")),
         "non_2xx": report["status"],
         "peak_rss_mb": round(peak_kib / 1024, 1),
-        "cpu_s": round(cpu_seconds(server.pid) - cpu_before, 2),
+        "cpu_s": round(cpu_seconds(server.pid) - cpu_before, 2), "tool": tool,
     }
 
 
@@ -332,7 +336,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         **machine_and_versions(args.twistd),
         "settings": {"duration_s": args.duration, "repeat": args.repeat, "points": args.points,
                      "blob_mib": args.blob_mib, "warmup_s": args.warmup, "closure_paths": args.closure_paths,
-                     "nixforge_env": CAPS, "nixforge_backlog": BACKLOG, "tool": "wrk"},
+                     "nixforge_env": CAPS, "nixforge_backlog": BACKLOG, "tools": ["wrk", "curl"],
+                     "curl_clients": args.curl_clients,
+                     "nixforge_blob_env": {key: value for key, value in os.environ.items()
+                                           if key in ("NIXFORGE_SEND_THREADS", "NIXFORGE_BLOB_COPY")}},
         "points": [],
     }
     with tempfile.TemporaryDirectory(prefix="nixforge-bench-") as temp, servers(Path(temp), args) as running:
@@ -340,50 +347,70 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         script.write_text(WRK_SCRIPT, encoding="utf-8")
         content = content_under_test(running)
         results["content"] = content
-        results["idle_rss_mb"] = {s.name: round(_status_kib(s.pid, "VmRSS") / 1024, 1) for s in running}
-        paths = {
-            "blob-large": (f"/v2/{REPOSITORY}/blobs/{content['large_blob']['digest']}", None),
-            "blob-small": (f"/v2/{REPOSITORY}/blobs/{content['small_blob']['digest']}", None),
-            "manifest-tag": (f"/v2/{REPOSITORY}/manifests/{TAG}", MANIFEST_ACCEPT),
-        }
-        flip = False
-        warmed: set[str] = set()
-        for case, connections in args.points:
-            path, accept = paths[case]
-            if case not in warmed and args.warmup > 0:
-                warmed.add(case)
-                for server in running:
-                    run_wrk(server.base_url + path, 1, args.warmup, script, accept)
-            for round_number in range(args.repeat):
-                # Alternate which server goes first, so neither always follows the other's load.
-                order = list(reversed(running)) if flip else list(running)
-                flip = not flip
-                for server in order:
-                    point = measure(server, server.base_url + path, connections, args.duration, script, accept)
-                    point.update(case=case, round=round_number)
-                    results["points"].append(point)
-                    print(f"{case:13} c={connections:<4} {server.name:12} {point['requests_per_s']:>10} req/s "
-                          f"{point['mb_per_s']:>9} MB/s  p99 {point['p99_ms']} ms  rss {point['peak_rss_mb']} MB  "
-                          f"errors {point['errors']}", file=sys.stderr)
-        results["idle_rss_after_mb"] = {s.name: round(_status_kib(s.pid, "VmRSS") / 1024, 1) for s in running}
-        if not args.peer_only:
-            print("warm pulls (skopeo copy to an OCI layout)", file=sys.stderr)
-            results["warm_pull"] = warm_pull(running, REPOSITORY, TAG, args.repeat, Path(temp))
-            print(f"cold pulls of {args.closure_paths}-path closures", file=sys.stderr)
-            results["cold_pull"] = cold_pull_overhead(running[0], args.flake_dir, args.cold_names, args.built_names,
-                                                      Path(temp))
-        print("manifest latency during 16 big-blob downloads, cold page cache", file=sys.stderr)
-        cold_cache: dict[str, list[dict[str, Any]]] = {server.name: [] for server in running}
-        for round_number in range(args.repeat):
-            for server in (running if round_number % 2 == 0 else list(reversed(running))):
-                cold_cache[server.name].append(manifest_latency_under_blob_load(
-                    server, paths["blob-large"][0], paths["manifest-tag"][0], MANIFEST_ACCEPT, 16,
-                    args.cold_seconds, 100))
-        results["cold_cache_manifest"] = cold_cache
+        results["distribution_config"] = (Path(temp) / "distribution" / "config.yml").read_text(encoding="utf-8")
+        blob_copy = Path(temp) / "blob.bin"
+        save_blob(f"{running[-1].base_url}/v2/{REPOSITORY}/blobs/{content['large_blob']['digest']}", blob_copy)
+        probes = start_probes(blob_copy, Path(temp))
+        try:
+            _measure_points(results, args, running, probes, content, script, Path(temp))
+        finally:
+            for probe in probes:
+                probe.stop()
     results["summary"] = summarize(results["points"])
     results["ratios"] = ratios(results["summary"])
+    results["round_ratios"] = round_ratios(results["points"])
     results["figures"] = figures(results)
     return results
+
+
+def _measure_points(results: dict[str, Any], args: argparse.Namespace, running: list[ServerProcess],
+                    probes: list[ServerProcess], content: dict[str, Any], script: Path, temp: Path) -> None:
+    """Every wrk and curl point, rounds alternating the servers, then pulls and the cold-cache figure."""
+    results["idle_rss_mb"] = {s.name: round(_status_kib(s.pid, "VmRSS") / 1024, 1) for s in running}
+    paths = {
+        "blob-large": (f"/v2/{REPOSITORY}/blobs/{content['large_blob']['digest']}", None),
+        "blob-small": (f"/v2/{REPOSITORY}/blobs/{content['small_blob']['digest']}", None),
+        "manifest-tag": (f"/v2/{REPOSITORY}/manifests/{TAG}", MANIFEST_ACCEPT),
+    }
+    flip = False
+    warmed: set[str] = set()
+    points = [(case, connections, "wrk") for case, connections in args.points]
+    points += [("blob-curl", clients, "curl") for clients in args.curl_clients]
+    for case, connections, tool in points:
+        path, accept = paths["blob-large" if case == "blob-curl" else case]
+        measured = [*running, *probes] if case.startswith("blob") else running
+        if case not in warmed and args.warmup > 0:
+            warmed.add(case)
+            for server in measured:
+                run_wrk(server.base_url + path, 1, args.warmup, script, accept)
+        for round_number in range(args.repeat):
+            # Alternate which server goes first, so neither always follows the other's load.
+            order = list(reversed(measured)) if flip else list(measured)
+            flip = not flip
+            for server in order:
+                point = measure(server, server.base_url + path, connections, args.duration, script, accept, tool)
+                point.update(case=case, round=round_number)
+                results["points"].append(point)
+                print(f"{case:13} c={connections:<4} {server.name:12} {point['requests_per_s']:>10} req/s "
+                      f"{point['mb_per_s']:>9} MB/s  p99 {point['p99_ms']} ms  rss {point['peak_rss_mb']} MB  "
+                      f"errors {point['errors']}", file=sys.stderr)
+    results["idle_rss_after_mb"] = {s.name: round(_status_kib(s.pid, "VmRSS") / 1024, 1) for s in running}
+    if args.quick:
+        return
+    if not args.peer_only:
+        print("warm pulls (skopeo copy to an OCI layout)", file=sys.stderr)
+        results["warm_pull"] = warm_pull(running, REPOSITORY, TAG, args.repeat, temp)
+        print(f"cold pulls of {args.closure_paths}-path closures", file=sys.stderr)
+        results["cold_pull"] = cold_pull_overhead(running[0], args.flake_dir, args.cold_names, args.built_names,
+                                                  temp)
+    print("manifest latency during 16 big-blob downloads, cold page cache", file=sys.stderr)
+    cold_cache: dict[str, list[dict[str, Any]]] = {server.name: [] for server in running}
+    for round_number in range(args.repeat):
+        for server in (running if round_number % 2 == 0 else list(reversed(running))):
+            cold_cache[server.name].append(manifest_latency_under_blob_load(
+                server, paths["blob-large"][0], paths["manifest-tag"][0], MANIFEST_ACCEPT, 16,
+                args.cold_seconds, 100))
+    results["cold_cache_manifest"] = cold_cache
 
 
 def _point(results: dict[str, Any], case: str, connections: int, server: str) -> dict[str, Any] | None:
@@ -401,12 +428,18 @@ def figures(results: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"figure": figure, "nixforge": ours, "distribution": theirs, "ratio": ratio, "target": target,
                      "met": None if ours is None or theirs is None else bool(met(ours, theirs))})
 
-    for connections in (1, 16):
-        ours, theirs = (_point(results, "blob-large", connections, name) for name in ("nixforge", "distribution"))
-        if ours and theirs:
-            add(f"blob GET MB/s, {connections} client{'s' if connections > 1 else ''}", ours["mb_per_s"],
-                theirs["mb_per_s"], ">= 1.5x", lambda a, b: a >= 1.5 * b)
-    blob_rows = [row for row in results["summary"] if row["case"] == "blob-large"]
+    for case, tool in (("blob-curl", "curl"), ("blob-large", "wrk")):
+        for connections in (1, 16):
+            ours, theirs = (_point(results, case, connections, name) for name in ("nixforge", "distribution"))
+            label = f"blob GET MB/s, {connections} {tool}{' at once' if tool == 'curl' else ' connections'}"
+            if ours and theirs:
+                add(label, ours["mb_per_s"], theirs["mb_per_s"], ">= 1.0x", lambda a, b: a >= b)
+            probe = median_ratio(results.get("round_ratios", []), tool, connections, "vs_best_probe")
+            if ours and probe is not None:
+                rows.append({"figure": f"{label}: of the best probe server (median of per-round ratios)",
+                             "nixforge": probe, "distribution": None, "ratio": None, "target": ">= 0.95",
+                             "met": probe >= 0.95})
+    blob_rows = [row for row in results["summary"] if row["case"] in ("blob-large", "blob-curl")]
     cpu = {name: None for name in ("nixforge", "distribution")}
     for name in cpu:
         mine = [row for row in blob_rows if row["server"] == name]
@@ -563,12 +596,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="seconds of warm-up per case and server")
     parser.add_argument("--points", type=_points, default=_points(DEFAULT_POINTS),
                         help="comma-separated case:clients pairs measured with wrk (default " + DEFAULT_POINTS + ")")
+    parser.add_argument("--curl-clients", type=lambda text: [int(n) for n in text.split(",") if n],
+                        default=[1, 16], help="curl downloads at once of the big blob, per point (default 1,16)")
     parser.add_argument("--blob-mib", type=int, default=256, help="size of the large random file, in MiB")
     parser.add_argument("--closure-paths", type=int, default=100,
                         help="store paths in each cold-pull closure (default 100)")
     parser.add_argument("--cold-seconds", type=float, default=4.0,
                         help="seconds of manifest sampling during the cold-cache blob downloads")
     parser.add_argument("--twistd", default=default_twistd(), help="the twistd that has the nixforge plugin")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the wrk and curl points: no pulls, no cold-cache figure")
     parser.add_argument("--peer-only", action="store_true",
                         help="measure distribution alone on a synthetic image (when nixforge cannot start)")
     return parser.parse_args(argv)
@@ -584,7 +621,11 @@ def main(argv: list[str] | None = None) -> int:
     results = run(args)
     print(table(results))
     print()
+    print(ratio_lines(results["round_ratios"]))
+    print()
     print(figures_table(results))
+    print()
+    print("distribution's configuration:\n" + results.get("distribution_config", ""))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return 0

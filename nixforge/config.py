@@ -67,6 +67,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError("must be 0 or a positive integer")
+    return value
+
+
+def _blob_copy(text: str) -> str:
+    word = text.strip().lower()
+    if word not in ("auto", "read", "sendfile"):
+        raise ValueError("must be auto, read or sendfile")
+    return word
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if not value > 0 or value == float("inf"):
@@ -278,6 +292,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a client has to send a whole request head, from its first byte (else 408)."),
     Setting("send_timeout", "NIXFORGE_SEND_TIMEOUT", "send-timeout", "60", _positive_float,
             "Seconds a response may stall on a client that does not read before it is dropped."),
+    Setting("send_threads", "NIXFORGE_SEND_THREADS", "send-threads", "32", _non_negative_int,
+            "Blob bodies copied at once on threads of their own (more, and 0: sendfile on the reactor thread)."),
+    Setting("blob_copy", "NIXFORGE_BLOB_COPY", "blob-copy", "read", _blob_copy,
+            "How a copy thread sends a blob: read (1 MiB reads and writes), sendfile, or auto (read for "
+            "the first two at once, sendfile for more)."),
     Setting("max_connections", "NIXFORGE_MAX_CONNECTIONS", "max-connections", "4096", _positive_int,
             "Open client connections at once; more get 503."),
     Setting("max_client_connections", "NIXFORGE_MAX_CLIENT_CONNECTIONS", "max-client-connections", "1024",

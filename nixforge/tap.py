@@ -9,11 +9,10 @@ import tempfile
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.internet import TimerService
 from twisted.application.service import IService, MultiService, Service
 from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.error import CannotListenError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python import usage
@@ -26,6 +25,8 @@ from nixforge.api.access_log import ObservedResource
 from nixforge.api.app import RegistryApi
 from nixforge.api.auth import Authenticator, AuthResource
 from nixforge.api.builds import BuildBook
+from nixforge.api.connection_caps import ConnectionCaps
+from nixforge.api.copy_threads import CopyThreads
 from nixforge.api.edge import EdgeSite
 from nixforge.api.htpasswd import HtpasswdFile
 from nixforge.api.metrics import BuildMetrics, RegistryMetrics
@@ -48,6 +49,7 @@ from nixforge.images.served_closures import ServedClosures
 from nixforge.images.service import ImageService
 from nixforge.images.shared_builds import SharedBuilds
 from nixforge.images.snapshotter_images import SnapshotterImages
+from nixforge.listening import ListeningService
 from nixforge.nix.client import NixClient
 from nixforge.nix.gc_roots import GcRoots
 from nixforge.nix.signing import CacheKey
@@ -154,26 +156,6 @@ def check_data_dir(path: str) -> None:
         raise ConfigError(f"cannot use the data dir {path!r} (--data-dir, NIXFORGE_DATA_DIR): {reason}") from None
 
 
-class _ListeningService(StreamServerEndpointService):
-    """Listen on the endpoint, fail start-up if that fails, and log the address really bound."""
-
-    _raiseSynchronously = True
-
-    def privilegedStartService(self) -> None:
-        try:
-            super().privilegedStartService()
-        except CannotListenError as error:
-            raise SystemExit(f"nixforge: cannot listen on {error.interface or '*'}:{error.port}: "
-                             f"{error.socketError}") from None
-        self._waitingForPort.addCallback(self._listening)
-
-    def _listening(self, port: Any) -> Any:
-        address = port.getHost()
-        log.info("nixforge listening on {host}:{port}", host=getattr(address, "host", "?"),
-                 port=getattr(address, "port", "?"))
-        return port
-
-
 class _ThreadPoolService(Service):
     """Own the worker threads that hash, compress and write blobs; stop them at shutdown."""
 
@@ -187,6 +169,17 @@ class _ThreadPoolService(Service):
     def stopService(self) -> None:
         super().stopService()
         self.pool.stop()
+
+
+class _FlushAtStop(Service):
+    """Write the access-log lines still waiting when the registry stops."""
+
+    def __init__(self, lines: logs.BatchedLines) -> None:
+        self.lines = lines
+
+    def stopService(self) -> None:
+        super().stopService()
+        self.lines.stop()
 
 
 class _BuilderService(Service):
@@ -285,13 +278,13 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                       refresh_access=_refresh_access(config), blob_url=_blob_url(config, backend, readiness),
                       open_blob=run_in_thread if backend.calls is not None else None)
     endpoint = endpoints.serverFromString(reactor, config.endpoint)
-    site = EdgeSite(_observed(_with_auth(api.resource(), config, run_in_thread, reactor), config, metrics, reactor),
-                    header_timeout=config.header_timeout, send_timeout=config.send_timeout,
-                    max_connections=config.max_connections,
-                    max_client_connections=config.max_client_connections, reactor=reactor,
-                    body_limit=refresh_body_limit)
-    factory = site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site)
-    _ListeningService(endpoint, factory).setServiceParent(root)
+    observed = _observed(_with_auth(api.resource(), config, run_in_thread, reactor), config, metrics, reactor, root)
+    site = EdgeSite(observed,
+                    header_timeout=config.header_timeout, send_timeout=config.send_timeout, reactor=reactor,
+                    body_limit=refresh_body_limit, blob_copier=_blob_copier(config, reactor))
+    factory = ConnectionCaps(site if config.endpoint.startswith("ssl:") else RefuseTLSFactory(site),
+                             config.max_connections, config.max_client_connections)
+    ListeningService(endpoint, factory).setServiceParent(root)
     log.info("nixforge {version}: flake {flake}, data in {data_dir}, store {store}, store cap {cap}, systems "
              "{systems}", version=__version__, flake=config.flake, data_dir=config.data_dir,
              store=backend.description, systems=",".join(config.systems or (host,)),
@@ -385,6 +378,13 @@ def _blob_url(config: ForgeConfig, backend: StoreBackend,
     return url
 
 
+def _blob_copier(config: ForgeConfig, reactor: Any) -> CopyThreads | None:
+    """The copy threads of blob bodies (NIXFORGE_SEND_THREADS, NIXFORGE_BLOB_COPY), or None for none."""
+    if config.send_threads == 0:
+        return None
+    return CopyThreads(reactor.callFromThread, max_threads=config.send_threads, mode=config.blob_copy)
+
+
 def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, reactor: Any) -> IResource:
     """The API behind HTTP Basic authentication when an htpasswd file is configured."""
     if not config.htpasswd:
@@ -394,11 +394,18 @@ def _with_auth(resource: IResource, config: ForgeConfig, run_in_thread: Any, rea
     return AuthResource(resource, Authenticator(htpasswd, run_in_thread, reactor))
 
 
-def _observed(resource: IResource, config: ForgeConfig, metrics: RegistryMetrics | None, reactor: Any) -> IResource:
-    """The site behind the request observer (access log, HTTP metrics) unless both are off."""
+def _observed(resource: IResource, config: ForgeConfig, metrics: RegistryMetrics | None, reactor: Any,
+              root: MultiService) -> IResource:
+    """The site behind the request observer (access log, HTTP metrics) unless both are off.
+
+    Access-log lines are written in batches (within half a second, and at shutdown).
+    """
     if metrics is None and not config.access_log:
         return resource
-    return ObservedResource(resource, reactor, metrics, access_log=config.access_log)
+    namespace = "nixforge.api.access_log"
+    lines = logs.BatchedLines(reactor, namespace, fallback=Logger(namespace=namespace))
+    _FlushAtStop(lines).setServiceParent(root)
+    return ObservedResource(resource, reactor, metrics, access_log=config.access_log, lines=lines)
 
 
 def _refresh_access(config: ForgeConfig) -> RefreshAccess:

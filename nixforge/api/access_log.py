@@ -1,22 +1,27 @@
 """The request observer: one access-log line per request and the HTTP metrics, counted in one place.
 
 The line: `METHOD URI STATUS BYTES DURATIONs "USER-AGENT"`, then ` build=ID` when the request
-started a build. It replaces Twisted's combined log (EdgeSite.log writes nothing).
+started a build. It replaces Twisted's combined log (EdgeSite.log writes nothing). Given a
+`BatchedLines`, lines are formatted with one f-string and written in batches (about 10 µs a request,
+against about 100 µs through a Twisted log event each); else each is a Twisted log event.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
 from nixforge.api.metrics import RegistryMetrics
+from nixforge.logs import BatchedLines
 
 log = Logger()
 _NOTE_ATTRIBUTE = "nixforge_build_note"
 _ROUTE_ATTRIBUTE = "nixforge_route"
+_PENDING_ATTRIBUTE = "nixforge_body_pending"
 UNMATCHED_ROUTE = "unmatched"
 BLOB_ROUTE = "/v2/{name}/blobs/{digest}"
 
@@ -36,14 +41,25 @@ def note_build(request: IRequest, build_id: str) -> None:
     setattr(request, _NOTE_ATTRIBUTE, build_id)
 
 
+def note_body_pending(request: IRequest, sent: Deferred[None]) -> None:
+    """A body is being sent past Twisted (a copy thread): observe the request only once `sent` fires.
+
+    A client that reads the last byte and closes at once can make Twisted finish the request before
+    the copy thread's count of bytes reaches the reactor; the log line and the metrics wait for it.
+    """
+    setattr(request, _PENDING_ATTRIBUTE, sent)
+
+
+
 class ObservedResource(Resource):
     """Wrap the whole site: when each request ends, log it (if `access_log`) and count it (if `metrics`)."""
 
     isLeaf = True
 
     def __init__(self, wrapped: IResource, clock: Any, metrics: RegistryMetrics | None,
-                 access_log: bool = True) -> None:
+                 access_log: bool = True, lines: BatchedLines | None = None) -> None:
         super().__init__()
+        self._lines = lines
         self._wrapped = wrapped
         self._clock = clock
         self._metrics = metrics
@@ -52,8 +68,15 @@ class ObservedResource(Resource):
     def render(self, request: IRequest) -> Any:
         """Note the start, render the wrapped resource, and observe the end (also a client gone)."""
         started = self._clock.seconds()
-        request.notifyFinish().addBoth(lambda _: self._done(request, started))
+        request.notifyFinish().addBoth(lambda _: self._finished(request, started))
         return self._wrapped.render(request)
+
+    def _finished(self, request: IRequest, started: float) -> None:
+        pending = getattr(request, _PENDING_ATTRIBUTE, None)
+        if pending is not None and not pending.called:
+            pending.addBoth(lambda _: self._done(request, started))
+        else:
+            self._done(request, started)
 
     def _done(self, request: IRequest, started: float) -> None:
         seconds = self._clock.seconds() - started
@@ -67,6 +90,12 @@ class ObservedResource(Resource):
         if self._access_log:
             build_id = getattr(request, _NOTE_ATTRIBUTE, None)
             agent = request.getHeader(b"user-agent") or b"-"
+            if self._lines is not None:
+                build = "" if build_id is None else f" build={build_id}"
+                agent_text = agent.decode("latin-1")[:200].replace('"', "'")
+                self._lines.line(f'{method} {request.uri.decode("latin-1")[:1000]} {request.code} {sent} '
+                                 f'{seconds:.3f}s "{agent_text}"{build}')
+                return
             log.info('{method} {path} {status} {bytes} {duration:.3f}s "{agent}"{build}', method=method,
                      path=request.uri.decode("latin-1")[:1000], status=request.code, bytes=sent,
                      duration=seconds, agent=agent.decode("latin-1")[:200].replace('"', "'"),

@@ -9,8 +9,11 @@ Below the resources, where Twisted's HTTPChannel reads bytes:
 - an over-long request line or header block gets 431, a malformed one 400, both as OCI JSON (Twisted
   itself closes silently or answers a bare 400);
 - a response the client stops reading (the transport stays paused) is dropped after `send_timeout`
-  seconds; dropping the connection stops the blob producer, which closes its file;
-- connections are capped in total and per client address; one more is answered 503 and closed.
+  seconds; dropping the connection stops the blob producer, which closes its file.
+Connections are capped by nixforge.api.connection_caps, a wrapper around this Site. The limits are
+counted here, not read from Twisted's own counters; Twisted's limits are the same numbers, so they
+never fire first (tests/api/test_edge.py would see a bare 400 if they did). The one private hook,
+Twisted's bare-400 answer, is overridden through nixforge.api.twisted_compat.
 """
 
 from __future__ import annotations
@@ -19,14 +22,15 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
-from twisted.web.http import RESPONSES, HTTPChannel
+from twisted.web.http import RESPONSES
 from twisted.web.resource import IResource
 from twisted.web.server import Site
 
+from nixforge.api.copy_threads import CopyThreads
 from nixforge.api.errors import API_VERSION, API_VERSION_HEADER, ErrorResponse, HttpError
 from nixforge.api.numbers import is_decimal, saturating_decimal
+from nixforge.api.twisted_compat import BadRequestHook
 
 log = Logger()
 
@@ -49,7 +53,7 @@ def raw_error(response: ErrorResponse) -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-class EdgeChannel(HTTPChannel):
+class EdgeChannel(BadRequestHook):
     """An HTTPChannel with deadlines, no request bodies, and JSON answers for what it refuses."""
 
     MAX_LENGTH = _MAX_HEAD
@@ -64,24 +68,35 @@ class EdgeChannel(HTTPChannel):
     _send_call: IDelayedCall | None = None
     _method: bytes = b""
     _target: bytes = b""
+    _head_bytes = 0
+    _head_fields = 0
     body_limit: Callable[[bytes, bytes], int] = staticmethod(lambda method, target: 0)
-    on_lost: Callable[[], None] | None = None
+
+    _secure: bool | None = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
         self._start_head_deadline()
 
+    def isSecure(self) -> bool:
+        """Whether the connection is TLS, looked up once: the transport stays the same, and the lookup
+        (an interface adaptation through the wrappers) costs about 9 µs, twice a request."""
+        if self._secure is None:
+            self._secure = super().isSecure()
+        return self._secure
+
     def dataReceived(self, data: bytes) -> None:
         if self._refused:
             return
-        if not self._head_started and not self._handlingRequest and data:
+        if not self._head_started and data:
             self._start_head_deadline()
         super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         if self._refused:
             return
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+        self._head_bytes += len(line)
+        if self._head_bytes > self.totalHeadersSize:
             self._refuse(HttpError("UNSUPPORTED", "request header fields too large",
                                    {"limit": self.totalHeadersSize}, status=431).response)
             return
@@ -97,7 +112,7 @@ class EdgeChannel(HTTPChannel):
         if self._method not in _READ_METHODS:
             self._refuse_body()
         else:
-            self._respondToBadRequestAndDisconnect()
+            self.bad_request()
         return True
 
     def headerReceived(self, line: bytes) -> bool:
@@ -107,21 +122,24 @@ class EdgeChannel(HTTPChannel):
         name, value = name.strip().lower(), value.strip(b" \t")
         if name == b"transfer-encoding" or (name == b"content-length" and self._body_refused(value)):
             self._refuse_body()
-        if not self._refused and self._receivedHeaderCount >= self.maxHeaders:
+        if not self._refused and self._head_fields >= self.maxHeaders:
             self._refuse(HttpError("UNSUPPORTED", "too many request header fields",
                                    {"limit": self.maxHeaders}, status=431).response)
         if self._refused:
             return False
         if name == b"content-length" and not self._allowed_body:
             line = b"Content-Length: 0"
-        return super().headerReceived(line)
+        accepted = super().headerReceived(line)
+        if accepted:
+            self._head_fields += 1
+        return accepted
 
     _allowed_body = False
 
     def _body_refused(self, value: bytes) -> bool:
         """True for a Content-Length over what this request may carry; a malformed one is answered 400."""
         if not is_decimal(value):
-            self._respondToBadRequestAndDisconnect()
+            self.bad_request()
             return False
         length = saturating_decimal(value)
         self._allowed_body = 0 < length <= self.body_limit(self._method, self._target)
@@ -130,6 +148,10 @@ class EdgeChannel(HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._cancel_head_deadline()
         super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._head_bytes = self._head_fields = 0
+        super().allContentReceived()
 
     def rawDataReceived(self, data: bytes) -> None:
         if not self._refused:
@@ -145,7 +167,8 @@ class EdgeChannel(HTTPChannel):
         self._refuse(HttpError("UNSUPPORTED", "request line or header too long",
                                {"limit": self.MAX_LENGTH}, status=431).response)
 
-    def _respondToBadRequestAndDisconnect(self) -> None:
+    def bad_request(self) -> None:
+        """Where Twisted would answer a bare 400: the same, in JSON."""
         self._refuse(HttpError("UNSUPPORTED", "malformed HTTP request", status=400).response)
 
     def pauseProducing(self) -> None:
@@ -164,9 +187,6 @@ class EdgeChannel(HTTPChannel):
         if self._send_call is not None:
             self._send_call.cancel()
             self._send_call = None
-        if self.on_lost is not None:
-            on_lost, self.on_lost = self.on_lost, None
-            on_lost()
         super().connectionLost(reason)
 
     def _refuse_body(self) -> None:
@@ -212,38 +232,23 @@ class EdgeChannel(HTTPChannel):
         self.transport.abortConnection()
 
 
-class _Busy(Protocol):
-    """Answer 503 and close: a connection over the caps."""
-
-    def __init__(self, response: ErrorResponse) -> None:
-        self._response = response
-
-    def connectionMade(self) -> None:
-        self.transport.write(raw_error(self._response))
-        self.transport.loseConnection()
-
-
 class EdgeSite(Site):
-    """A Site of EdgeChannels, with a cap on open connections in total and per client address."""
+    """A Site of EdgeChannels (their deadlines and body limits), and the copy threads of blob bodies."""
 
     def __init__(
         self,
         resource: IResource,
         header_timeout: float = 20.0,
         send_timeout: float = 60.0,
-        max_connections: int = 4096,
-        max_client_connections: int = 1024,
         reactor: Any = None,
         body_limit: Callable[[bytes, bytes], int] | None = None,
+        blob_copier: CopyThreads | None = None,
     ) -> None:
         super().__init__(resource, reactor=reactor)
+        self.blob_copier = blob_copier
         self.body_limit = body_limit
         self.header_timeout = header_timeout
         self.send_timeout = send_timeout
-        self.max_connections = max_connections
-        self.max_client_connections = max_client_connections
-        self.open_connections = 0
-        self.open_by_client: dict[str, int] = {}
 
     def log(self, request: Any) -> None:
         """No combined-log line: nixforge.api.access_log writes the one line per request."""
@@ -253,31 +258,10 @@ class EdgeSite(Site):
         return EdgeChannel()
 
     def buildProtocol(self, addr: Any) -> Any:
-        client = getattr(addr, "host", "?")
-        if self.open_connections >= self.max_connections:
-            return self._busy("too many connections", self.max_connections)
-        if self.open_by_client.get(client, 0) >= self.max_client_connections:
-            return self._busy("too many connections from this client", self.max_client_connections)
+        """A channel with this site's deadlines and body limits."""
         channel = super().buildProtocol(addr)
         channel.header_timeout = self.header_timeout
         channel.send_timeout = self.send_timeout
         if self.body_limit is not None:
             channel.body_limit = self.body_limit
-        self.open_connections += 1
-        self.open_by_client[client] = self.open_by_client.get(client, 0) + 1
-        channel.on_lost = lambda: self._closed(client)
         return channel
-
-    def _closed(self, client: str) -> None:
-        self.open_connections -= 1
-        left = self.open_by_client.get(client, 1) - 1
-        if left > 0:
-            self.open_by_client[client] = left
-        else:
-            self.open_by_client.pop(client, None)
-
-    def _busy(self, message: str, limit: int) -> Protocol:
-        log.info("refusing a connection: {message} (limit {limit})", message=message, limit=limit)
-        busy = _Busy(HttpError("UNAVAILABLE", message, {"limit": limit}, headers={"Retry-After": "1"}).response)
-        busy.factory = self
-        return busy

@@ -1,9 +1,10 @@
-"""Send a blob body with `os.sendfile` on plain-TCP connections, driven by the reactor's writability."""
+"""Send a blob body past Twisted on plain-TCP connections: on a copy thread, else `os.sendfile` on writability."""
 
 from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -15,7 +16,10 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
+from nixforge.api.access_log import note_body_pending
 from nixforge.api.blob_sender import BlobProducer, BodySender
+from nixforge.api.copy_threads import UNSUPPORTED, CopyResult, CopyThreads
+from nixforge.api.twisted_compat import count_sent, transport_idle
 
 # At most this many bytes per writable event. `sendfile` reads pages the cache lacks from the disk
 # before it returns, on the reactor thread: a small slice bounds that wait (with a cold page cache,
@@ -24,7 +28,6 @@ SEND_SLICE = 512 * 1024
 # Ask the kernel to read this far ahead of what has been sent (asynchronous readahead), so that with
 # a cold page cache `sendfile` finds the pages in memory instead of waiting for the disk.
 READAHEAD = 8 * 1024 * 1024
-_UNSUPPORTED = frozenset({errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSOCK})
 
 log = Logger()
 
@@ -72,19 +75,17 @@ def send_blob(
     """Send `length` bytes of `file` from `offset` as the body; fires when done or the client is gone.
 
     `os.sendfile` when the request is on a plain TCP socket and the file is a real file and the
-    reactor lets us watch a descriptor; else (TLS, in-memory files) the push producer.
+    reactor lets us watch a descriptor; else (TLS, in-memory files) the push producer. The Site's
+    `blob_copier` (a CopyThreads), when it has one, copies the body on a thread of its own.
     """
     sock = plain_tcp_socket(request)
     source = file_descriptor(file)
     if sock is None or source is None or length <= 0 or not IReactorFDSet.providedBy(reactor):
         return BlobProducer(request, file, offset, length, schedule).start()
-    return SendfileSender(request, file, sock, offset, length, reactor, schedule).start()
-
-
-def _transport_idle(transport: Any) -> bool:
-    """True once a Twisted TCP transport has no buffered bytes left (the headers are on the wire)."""
-    return not getattr(transport, "_tempDataLen", 0) and len(getattr(transport, "dataBuffer", b"")) <= getattr(
-        transport, "offset", 0)
+    site = getattr(request, "site", None)
+    copier = getattr(site, "blob_copier", None)
+    timeout = float(getattr(site, "send_timeout", 0) or 0)
+    return SendfileSender(request, file, sock, offset, length, reactor, schedule, copier, timeout).start()
 
 
 @implementer(IPushProducer, IWriteDescriptor)
@@ -101,6 +102,11 @@ class SendfileSender(BodySender):
     descriptor are closed when the body is complete, when the client goes away, or when the Deferred
     from `start` is cancelled. If the kernel refuses `sendfile` before any byte was sent, the push
     producer takes over.
+
+    With a `copier` (CopyThreads) that has a free thread, the first writable event after the head
+    hands the whole body to a copy thread instead, which sends it with the socket blocking and a
+    send timeout of `timeout` seconds; the descriptors stay open until it reports back, and a
+    client that leaves meanwhile gets its socket shut down, which ends the thread's send at once.
     """
 
     def __init__(
@@ -112,8 +118,14 @@ class SendfileSender(BodySender):
         length: int,
         reactor: Any,
         schedule: Callable[[Callable[[], None]], object],
+        copier: CopyThreads | None = None,
+        timeout: float = 0.0,
     ) -> None:
         super().__init__(request, file)
+        self._copier = copier
+        self._timeout = timeout
+        self._copying = False
+        self._copy_counted: Deferred[None] = Deferred()
         self._source = file.fileno()
         self._socket = sock
         self._tcp = tcp_transport(request)
@@ -155,8 +167,15 @@ class SendfileSender(BodySender):
         """The socket is writable: send the next slice, or wait while Twisted still flushes the headers."""
         if self._stopped:
             return
-        if not _transport_idle(self._tcp):
+        if not transport_idle(self._tcp):
             return
+        if self._copier is not None:
+            copier, self._copier = self._copier, None
+            if copier.try_copy(self._fd, self._source, self._offset, self._remaining, self._timeout, self._copied):
+                self._copying = True
+                note_body_pending(self._request, self._copy_counted)
+                self._reactor.removeWriter(self)
+                return
         count = min(self._remaining, SEND_SLICE)
         try:
             sent = os.sendfile(self._fd, self._source, self._offset, count)
@@ -164,7 +183,7 @@ class SendfileSender(BodySender):
             self._socket_full()
             return
         except OSError as error:
-            if error.errno in _UNSUPPORTED and not self._sent_any:
+            if error.errno in UNSUPPORTED and not self._sent_any:
                 self._fall_back()
             elif error.errno in (errno.EPIPE, errno.ECONNRESET):
                 self._abort()
@@ -180,7 +199,7 @@ class SendfileSender(BodySender):
         self._offset += sent
         self._remaining -= sent
         # Bytes written past Twisted count as written (the access log and the blob-bytes metric read it).
-        self._request.sentLength = getattr(self._request, "sentLength", 0) + sent
+        count_sent(self._request, sent)
         self._progress()
         if self._remaining <= 0:
             self._finish()
@@ -193,6 +212,32 @@ class SendfileSender(BodySender):
     def connectionLost(self, reason: Failure) -> None:
         """The reactor dropped this descriptor (an error in doWrite): drop the client too."""
         if not self._stopped:
+            self._abort()
+
+    def _copied(self, result: CopyResult) -> None:
+        """The copy thread is done (on the reactor thread): finish, or say why not."""
+        self._copying = False
+        self._offset += result.sent
+        self._remaining -= result.sent
+        count_sent(self._request, result.sent)
+        self._copy_counted.callback(None)
+        if self._stopped:  # the client went away meanwhile; the thread no longer uses the descriptors
+            self._close_descriptors()
+            return
+        if result.stopped is None:
+            self._finish()
+        elif result.stopped == "unsupported":
+            self._fall_back()
+        elif result.stopped == "stalled":
+            log.info("dropping {peer}: the response stalled for {timeout} s",
+                     peer=str(self._tcp.getPeer()), timeout=self._timeout)
+            self._stop()
+            self._tcp.abortConnection()
+        else:
+            if result.stopped == "short":
+                log.error("blob file ended {remaining} bytes early", remaining=self._remaining)
+            elif result.stopped != "gone":
+                log.error("copying a blob failed ({why}); dropping the connection", why=result.stopped)
             self._abort()
 
     # -- IPushProducer (the request) -----------------------------------------------------------
@@ -245,16 +290,34 @@ class SendfileSender(BodySender):
         producer.start().chainDeferred(self._done)
 
     def _unwatch(self) -> None:
-        if self._fd >= 0:
+        if self._fd >= 0 and not self._copying:
             self._reactor.removeWriter(self)
             os.close(self._fd)
             self._fd = -1
+
+    def _wake_copy(self) -> None:
+        """Stopped while a thread copies: shut the socket down so its blocked send returns at once."""
+        sock = socket.socket(fileno=self._fd)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            sock.detach()
+
+    def _close_descriptors(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self._file.close()
 
     def _stop(self) -> None:
         if self._stopped:
             return
         self._stopped = True
         self._unwatch()
+        if self._copying:
+            self._wake_copy()
         if self._channel_paused and not self._connection_gone:
             self._channel_paused = False
             self._request.channel.resumeProducing()
@@ -262,4 +325,5 @@ class SendfileSender(BodySender):
             self._registered = False
             if not self._connection_gone:
                 self._request.unregisterProducer()
-        self._file.close()
+        if not self._copying:  # else the thread still reads the file: closed when it reports back
+            self._file.close()

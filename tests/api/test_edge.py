@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from nixforge.api import RegistryApi
+from nixforge.api.connection_caps import ConnectionCaps
 from nixforge.api.edge import EdgeSite
 from nixforge.api.refresh import MAX_BODY, body_limit
 
@@ -45,7 +46,9 @@ def make_site(resource: Resource, clock: Clock, **options: object) -> EdgeSite:
     return EdgeSite(resource, reactor=clock, **options)  # type: ignore[arg-type]
 
 
-def connect(site: EdgeSite, host: str = "127.0.0.1", port: int = 40000) -> tuple[object, StringTransport]:
+def connect(
+    site: EdgeSite | ConnectionCaps, host: str = "127.0.0.1", port: int = 40000
+) -> tuple[object, StringTransport]:
     address = IPv4Address("TCP", host, port)
     protocol = site.buildProtocol(address)
     transport = StringTransport(peerAddress=address)
@@ -225,7 +228,7 @@ def test_a_slow_reader_that_keeps_reading_is_not_dropped(resource: CountingResou
 
 
 def test_connections_are_capped_per_client_and_in_total(resource: CountingResource) -> None:
-    site = make_site(resource, Clock(), max_connections=3, max_client_connections=2)
+    site = ConnectionCaps(make_site(resource, Clock()), max_connections=3, max_client_connections=2)
     first, _ = connect(site, "127.0.0.2", 1)
     connect(site, "127.0.0.2", 2)
     _, refused = connect(site, "127.0.0.2", 3)
@@ -239,6 +242,7 @@ def test_connections_are_capped_per_client_and_in_total(resource: CountingResour
     assert answer(over_total)[0] == 503
     first.connectionLost(Failure(ConnectionAborted()))
     assert site.open_by_client == {"127.0.0.2": 1, "127.0.0.1": 1}
+    assert site.open_connections == 2
     again, again_transport = connect(site, "127.0.0.2", 6)
     again.dataReceived(GET_V2)
     assert again_transport.value().startswith(b"HTTP/1.1 200 ")
@@ -250,3 +254,20 @@ def test_asterisk_targets_get_json(resource: CountingResource, method: bytes, st
     protocol.dataReceived(method + b" * HTTP/1.1\r\nHost: x\r\n\r\n")
     assert answer(transport)[0] == status
     assert resource.rendered == 0
+
+
+def test_is_secure_follows_the_transport_and_is_looked_up_once(resource: CountingResource) -> None:
+    from twisted.internet.interfaces import ISSLTransport
+    from zope.interface import alsoProvides
+
+    plain, _ = connect(make_site(resource, Clock()))
+    assert plain.isSecure() is False and plain.isSecure() is False
+    site = make_site(resource, Clock())
+    secure = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+    transport = StringTransport()
+    alsoProvides(transport, ISSLTransport)
+    transport.setTcpNoDelay = lambda enabled: None  # type: ignore[attr-defined]  # an ITCPTransport method
+    secure.makeConnection(transport)
+    assert secure.isSecure() is True
+    secure.dataReceived(GET_V2)
+    assert transport.value().startswith(b"HTTP/1.1 200 ")

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet.task import Clock
-from twisted.logger import Logger, formatEvent
+from twisted.logger import Logger, LogLevel, formatEvent
 
 import nixforge.api.access_log as access_log_module
 from nixforge.api import RegistryApi
@@ -14,6 +16,7 @@ from nixforge.api.access_log import ObservedResource
 from nixforge.api.edge import EdgeSite
 from nixforge.api.metrics import BuildMetrics, RegistryMetrics
 from nixforge.images.build_events import BuildStart
+from nixforge.logs import BatchedLines
 
 from .fake_images import FakeImageService, StubClient
 
@@ -135,3 +138,53 @@ def test_a_request_that_started_a_build_names_it_in_the_access_log(
     assert len(lines) == 2
     assert "build=" not in lines[0]
     assert lines[1].endswith(" build=0123456789ab")
+
+
+def test_batched_access_lines_have_the_same_fields(images: FakeImageService, clock: Clock) -> None:
+    stream = io.StringIO()
+    lines = BatchedLines(clock, "nixforge.api.access_log", stream=lambda: stream, level=lambda: LogLevel.info)
+    images.add_image("team/app", "v1", [b"0123456789"])
+    client = StubClient(ObservedResource(RegistryApi(images, clock).resource(), clock, None, lines=lines), clock)
+    client.request("GET", "/v2/team/app/manifests/v1", headers={"User-Agent": ['say "hi"']})
+    client.request("GET", "/v2/other/manifests/v1")
+    assert stream.getvalue() == ""
+    clock.advance(1)
+    written = [line.partition("[nixforge.api.access_log#info] ")[2] for line in stream.getvalue().splitlines()]
+    assert len(written) == 2
+    assert re.fullmatch(r"GET /v2/team/app/manifests/v1 200 \d+ \d+\.\d{3}s \"say 'hi'\"", written[0])
+    assert written[1].startswith("GET /v2/other/manifests/v1 404 ")
+
+
+def test_a_body_still_counted_by_a_copy_thread_delays_the_line_until_it_is(clock: Clock) -> None:
+    """The client got every byte and left before the copy thread's count reached the reactor."""
+    from twisted.internet.defer import Deferred
+    from twisted.web.resource import Resource
+    from twisted.web.server import NOT_DONE_YET
+
+    from nixforge.api.access_log import note_body_pending
+
+    counted: Deferred[None] = Deferred()
+    requests: list = []
+
+    class Copying(Resource):
+        isLeaf = True
+
+        def render_GET(self, request):  # type: ignore[no-untyped-def]
+            note_body_pending(request, counted)
+            request.setHeader(b"Content-Length", b"5")
+            request.write(b"hello")
+            requests.append(request)
+            request.finish()
+            return NOT_DONE_YET
+
+    stream = io.StringIO()
+    lines = BatchedLines(clock, "nixforge.api.access_log", stream=lambda: stream, level=lambda: LogLevel.info)
+    metrics = RegistryMetrics(State(), Gc())
+    client = StubClient(ObservedResource(Copying(), clock, metrics, lines=lines), clock)
+    client.request("GET", "/v2/x/blobs/sha256:" + "a" * 64)
+    clock.advance(1)
+    assert stream.getvalue() == ""  # the request is finished, but its bytes are not counted yet
+    requests[0].sentLength += 1000  # what count_sent does when the copy thread reports back
+    counted.callback(None)
+    clock.advance(1)
+    assert " 200 1005 " in stream.getvalue()

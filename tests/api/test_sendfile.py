@@ -1,5 +1,7 @@
 """The sendfile path behind a real Site on 127.0.0.1: exact bytes, Range, HEAD, keep-alive, disconnects,
-a blob unlinked mid-stream, the edge's send timeout, TLS and unsupported sendfile falling back."""
+a blob unlinked mid-stream, the edge's send timeout, TLS and unsupported sendfile falling back.
+
+Each runs three ways: sendfile on the reactor thread, and on a copy thread in each of its modes."""
 
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from twisted.web.server import Site
 
 from nixforge.api import RegistryApi
 from nixforge.api import sendfile as sendfile_module
+from nixforge.api.connection_caps import ConnectionCaps
+from nixforge.api.copy_threads import CopyThreads
 from nixforge.api.edge import EdgeSite
 from nixforge.api.plain_http import RefuseTLSFactory
 from nixforge.images.interfaces import BlobFile
@@ -105,9 +109,18 @@ def blob(tmp_path: Path, images: FakeImageService) -> Blob:
     return Blob(tmp_path / "big.blob", images)
 
 
+@pytest.fixture(params=["reactor", "read", "sendfile"])
+def copier(request: pytest.FixtureRequest) -> CopyThreads | None:
+    """No copy threads (sendfile on the reactor thread), or copy threads in "read" or "sendfile" mode."""
+    if request.param == "reactor":
+        return None
+    return CopyThreads(reactor.callFromThread, max_threads=4, mode=request.param)
+
+
 @pytest.fixture
-def site(images: FakeImageService):
+def site(images: FakeImageService, copier: CopyThreads | None):
     site = RecordingSite(RegistryApi(images, reactor).resource())
+    site.blob_copier = copier
     # As `twistd nixforge` listens without TLS: the Site behind the TLS-refusing wrapper.
     port = reactor.listenTCP(0, RefuseTLSFactory(site), interface="127.0.0.1")
     site.port_number = port.getHost().port
@@ -142,7 +155,7 @@ def open_descriptors() -> int:
 
 @pytest_twisted.ensureDeferred
 async def test_get_sends_the_whole_blob_byte_exact_without_userspace_reads(
-    site: RecordingSite, blob: Blob, failures: list[dict]
+    site: RecordingSite, blob: Blob, failures: list[dict], copier: CopyThreads | None
 ) -> None:
     status, headers, body = split(await exchange(site.port_number, request_bytes("GET")))
     assert status == "HTTP/1.1 200 OK"
@@ -151,7 +164,10 @@ async def test_get_sends_the_whole_blob_byte_exact_without_userspace_reads(
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(blob.data).hexdigest()
     await blob.closed.addTimeout(10, reactor)
     [file] = blob.opened
-    assert file.read_calls == 0  # the kernel copied the bytes: sendfile was used
+    assert file.read_calls == 0  # sendfile, or pread on the descriptor: never the file object
+    assert copier is None or (copier.started, copier.active) == (1, 0)
+    [request] = site.requests
+    assert request.sentLength >= BIG  # the access log and the blob-bytes metric read it
     assert failures == []
 
 
@@ -236,8 +252,10 @@ async def test_a_blob_unlinked_while_it_streams_is_still_sent_whole(site: Record
 
 
 @pytest_twisted.ensureDeferred
-async def test_the_send_timeout_drops_a_client_that_stops_reading(images: FakeImageService, blob: Blob) -> None:
-    edge = EdgeSite(RegistryApi(images, reactor).resource(), send_timeout=0.3)
+async def test_the_send_timeout_drops_a_client_that_stops_reading(
+    images: FakeImageService, blob: Blob, copier: CopyThreads | None
+) -> None:
+    edge = ConnectionCaps(EdgeSite(RegistryApi(images, reactor).resource(), send_timeout=0.3, blob_copier=copier))
     port = reactor.listenTCP(0, edge, interface="127.0.0.1")
     try:
         def stall(client: Client) -> None:
@@ -253,13 +271,15 @@ async def test_the_send_timeout_drops_a_client_that_stops_reading(images: FakeIm
         data = await client.done.addTimeout(30, reactor)
         assert len(data) < BIG
         assert edge.open_connections == 0
+        assert copier is None or copier.active == 0
     finally:
         await port.stopListening()
 
 
 @pytest_twisted.ensureDeferred
 async def test_unsupported_sendfile_falls_back_to_the_producer(
-    site: RecordingSite, blob: Blob, monkeypatch: pytest.MonkeyPatch, failures: list[dict]
+    site: RecordingSite, blob: Blob, monkeypatch: pytest.MonkeyPatch, failures: list[dict],
+    copier: CopyThreads | None,
 ) -> None:
     def refuse(*args: object) -> int:
         raise OSError(errno.EINVAL, "sendfile not supported here")
@@ -268,7 +288,8 @@ async def test_unsupported_sendfile_falls_back_to_the_producer(
     status, _, body = split(await exchange(site.port_number, request_bytes("GET")))
     assert status == "HTTP/1.1 200 OK"
     assert hashlib.sha256(body).digest() == hashlib.sha256(blob.data).digest()
-    assert blob.opened[0].read_calls > 0
+    # "read" mode never calls sendfile: pread and write on the thread, no reads through the file object.
+    assert (blob.opened[0].read_calls > 0) == (copier is None or copier.mode == "sendfile")
     assert failures == []
 
 

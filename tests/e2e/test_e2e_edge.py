@@ -164,3 +164,24 @@ def test_the_log_tail_can_be_turned_off(forge_factory: ForgeFactory) -> None:
     assert "deliberate failure" not in response.body.decode()
     assert "log" not in (response.json()["errors"][0]["detail"] or {})
 
+
+
+def test_the_access_log_has_one_line_per_request_in_order_and_all_of_them_at_shutdown(
+    tmp_path: Path, flake_ref: str
+) -> None:
+    """200 requests on one keep-alive connection give 200 access-log lines in their order; the last ones,
+    still waiting for their batch when SIGTERM comes, are written at shutdown."""
+    forge = ForgeProcess(flake_ref=flake_ref, data_dir=tmp_path / "data", work_dir=tmp_path, log_level="INFO").start()
+    try:
+        tokens = [f"order{number:04d}" for number in range(200)]
+        with connect(forge) as sock:
+            for token in tokens:
+                sock.sendall(f"GET /v2/?t={token} HTTP/1.1\r\nHost: r\r\n\r\n".encode())
+                response = b""
+                while b"\r\n\r\n" not in response or not response.endswith(b"}"):
+                    response += sock.recv(65536)
+        forge.stop()
+        pattern = re.compile(r"access_log#info\] GET /v2/\?t=(order\d{4}) 200 ")
+        assert [m.group(1) for line in forge.lines if (m := pattern.search(line))] == tokens
+    finally:
+        forge.stop()
