@@ -8,7 +8,8 @@ from twisted.internet import reactor
 from twisted.logger import ILogObserver
 
 from nixforge.logs import observer_for_command_line
-from nixforge.tap import config_or_exit, make_registry
+from nixforge.registry import make_registry
+from nixforge.tap import config_or_exit
 
 config = config_or_exit(os.environ)
 application = Application("nixforge")

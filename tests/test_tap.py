@@ -65,7 +65,7 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit_and_a_short_one_is_repo
 
     from twisted.logger import LogLevel, globalLogPublisher
 
-    from nixforge.tap import raise_open_file_limit
+    from nixforge.registry import raise_open_file_limit
 
     before = resource.getrlimit(resource.RLIMIT_NOFILE)
     events: list[dict] = []
