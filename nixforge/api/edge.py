@@ -59,8 +59,8 @@ class EdgeChannel(BadRequestHook):
     MAX_LENGTH = _MAX_HEAD
     totalHeadersSize = _MAX_HEAD
     maxHeaders = 100
-    header_timeout = 20.0
-    send_timeout = 60.0
+    header_timeout = 0.0  # both set by the EdgeSite that builds the channel (0: no deadline)
+    send_timeout = 0.0
 
     _refused = False
     _head_started = False
@@ -238,8 +238,9 @@ class EdgeSite(Site):
     def __init__(
         self,
         resource: IResource,
-        header_timeout: float = 20.0,
-        send_timeout: float = 60.0,
+        *,
+        header_timeout: float,
+        send_timeout: float,
         reactor: Any = None,
         body_limit: Callable[[bytes, bytes], int] | None = None,
         blob_copier: CopyThreads | None = None,

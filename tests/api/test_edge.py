@@ -43,7 +43,9 @@ def resource() -> CountingResource:
 
 
 def make_site(resource: Resource, clock: Clock, **options: object) -> EdgeSite:
-    return EdgeSite(resource, reactor=clock, **options)  # type: ignore[arg-type]
+    """An EdgeSite with the registry's default deadlines (20 s for a head, 60 s for a stalled send)."""
+    deadlines: dict[str, object] = {"header_timeout": 20.0, "send_timeout": 60.0}
+    return EdgeSite(resource, reactor=clock, **{**deadlines, **options})  # type: ignore[arg-type]
 
 
 def connect(

@@ -118,7 +118,7 @@ def test_the_access_log_can_be_off(images: FakeImageService, clock: Clock, monke
 
 def test_the_site_writes_no_combined_log_line() -> None:
     written: list[str] = []
-    site = EdgeSite(ObservedResource(object(), Clock(), None))  # type: ignore[arg-type]
+    site = EdgeSite(ObservedResource(object(), Clock(), None), header_timeout=20, send_timeout=60)  # type: ignore[arg-type]
     site._logFile = type("File", (), {"write": written.append})()  # type: ignore[assignment]
     site.log(object())  # type: ignore[arg-type]
     assert written == []

@@ -255,7 +255,8 @@ async def test_a_blob_unlinked_while_it_streams_is_still_sent_whole(site: Record
 async def test_the_send_timeout_drops_a_client_that_stops_reading(
     images: FakeImageService, blob: Blob, copier: CopyThreads | None
 ) -> None:
-    edge = ConnectionCaps(EdgeSite(RegistryApi(images, reactor).resource(), send_timeout=0.3, blob_copier=copier))
+    edge = ConnectionCaps(EdgeSite(RegistryApi(images, reactor).resource(), header_timeout=20, send_timeout=0.3,
+                                    blob_copier=copier))
     port = reactor.listenTCP(0, edge, interface="127.0.0.1")
     try:
         def stall(client: Client) -> None:
