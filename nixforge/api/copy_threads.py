@@ -117,6 +117,22 @@ def _copy_read(sock_fd: int, source_fd: int, offset: int, length: int) -> CopyRe
         return CopyResult(sent)
 
 
+COPY_NICENESS = 10
+"""How much lower than the reactor's a copy thread's CPU priority is (Linux nice, per thread)."""
+
+
+def _yield_to_the_reactor() -> None:
+    """Lower this thread's CPU priority, so the reactor thread is scheduled first on a busy machine.
+
+    A copy spends its time in syscalls; what it must not do is keep the reactor (a manifest, a
+    health check) waiting for a CPU. On Linux, setpriority on a thread id applies to that thread only.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), COPY_NICENESS)
+    except (OSError, AttributeError):
+        pass  # not permitted or not Linux: copy at the same priority
+
+
 @define(eq=False)
 class CopyThreads:
     """Run copies on threads of their own, at most `max_threads` at once (more: the caller sends otherwise).
@@ -149,6 +165,7 @@ class CopyThreads:
                 mode = "read" if self.active <= AUTO_READ_COPIES else "sendfile"
 
         def run() -> None:
+            _yield_to_the_reactor()
             try:
                 result = copy_range(sock_fd, source_fd, offset, length, timeout, mode)
             except BaseException as error:  # reported to the reactor, never lost

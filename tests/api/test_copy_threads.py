@@ -100,3 +100,24 @@ def test_threads_are_capped_auto_reads_for_the_first_two_and_results_come_back(m
     assert sorted(modes) == ["read", "read", "sendfile"]
     assert sorted(result.sent for result in results) == [10, 20, 30]
     assert (threads.active, threads.started) == (0, 3)
+
+
+def test_a_copy_thread_runs_below_the_reactor_threads_priority() -> None:
+    """The thread that calls it gets COPY_NICENESS more niceness; the calling (reactor) thread keeps its own."""
+    import os
+    import threading
+
+    from nixforge.api.copy_threads import COPY_NICENESS, _yield_to_the_reactor
+
+    main = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen: list[int] = []
+
+    def copy() -> None:
+        _yield_to_the_reactor()
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    thread = threading.Thread(target=copy)
+    thread.start()
+    thread.join()
+    assert seen == [min(main + COPY_NICENESS, 19)]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main
