@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -15,24 +13,17 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nixforge.errors import BlobUnknown, DigestInvalid
+from nixforge.store.blob_writing import HashingTempFile, blob_hex
 from nixforge.store.durable import fsync_directory, full_is_store_full
 from nixforge.store.interfaces import IBlobWriter, ICollectableBlobStore
 from nixforge.store.leases import BlobLeases
 
 log = Logger()
 
-SHA256_DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 _TEMP_PREFIX = "blob-"
 _BLOB_MODE = 0o444
-def _blob_hex(digest: str) -> str | None:
-    """Return the hex part of a well-formed sha256 digest, or None for anything else."""
-    if not isinstance(digest, str) or SHA256_DIGEST.fullmatch(digest) is None:
-        return None
-    return digest[len("sha256:"):]
-
-
 @implementer(IBlobWriter)
-class FilesystemBlobWriter:
+class FilesystemBlobWriter(HashingTempFile):
     """Stream bytes into a locked temporary file, hashing them; `commit` publishes the blob.
 
     The temporary file holds an exclusive `flock` for its whole life, so a store starting up
@@ -41,10 +32,7 @@ class FilesystemBlobWriter:
 
     def __init__(self, store: FilesystemBlobStore) -> None:
         self._store = store
-        self._hash = hashlib.sha256()
-        self._size = 0
-        self._file, self._temp_path = self._create_locked_temp()
-        self._done = False
+        super().__init__(*self._create_locked_temp())
 
     def _create_locked_temp(self) -> tuple[BinaryIO, str]:
         """Create and lock a unique temp file, retrying if a start-up cleanup unlinked it first."""
@@ -55,24 +43,9 @@ class FilesystemBlobWriter:
                 return os.fdopen(fd, "wb"), temp_path
             os.close(fd)
 
-    def write(self, data: bytes) -> None:
-        """Append bytes to the temporary file and to the running hash."""
-        if self._done:
-            raise ValueError("blob writer is already committed or aborted")
-        try:
-            with full_is_store_full():
-                self._file.write(data)
-        except BaseException:
-            self.abort()
-            raise
-        self._hash.update(data)
-        self._size += len(data)
-
     def commit(self, expected_digest: str | None = None) -> tuple[str, int]:
         """Fsync, verify, then atomically publish the blob; return `(digest, size)`."""
-        if self._done:
-            raise ValueError("blob writer is already committed or aborted")
-        digest = "sha256:" + self._hash.hexdigest()
+        digest = self._digest()
         try:
             with full_is_store_full():
                 self._file.flush()
@@ -100,16 +73,6 @@ class FilesystemBlobWriter:
         self._file.close()
         return digest, self._size
 
-    def abort(self) -> None:
-        """Close and delete the temporary file; nothing becomes visible. Idempotent."""
-        if self._done:
-            return
-        self._done = True
-        with contextlib.suppress(OSError):  # closing flushes; on a full disk that fails again
-            self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._temp_path)
-
 
 @implementer(ICollectableBlobStore)
 class FilesystemBlobStore:
@@ -126,7 +89,7 @@ class FilesystemBlobStore:
 
     def path(self, digest: str) -> str:
         """Return the file path of blob `digest` (present or not); DigestInvalid if not sha256."""
-        hex_digest = _blob_hex(digest)
+        hex_digest = blob_hex(digest)
         if hex_digest is None:
             raise DigestInvalid("not a sha256 digest", {"digest": str(digest)[:200]})
         return os.path.join(self.blob_dir, hex_digest)
@@ -166,7 +129,7 @@ class FilesystemBlobStore:
 
     def stat_size(self, digest: str) -> int | None:
         """Return the blob's size, or None when absent or not a sha256 digest; touches nothing."""
-        if _blob_hex(digest) is None:
+        if blob_hex(digest) is None:
             return None
         try:
             return os.stat(self.path(digest)).st_size
@@ -178,7 +141,7 @@ class FilesystemBlobStore:
         with os.scandir(self.blob_dir) as entries:
             for entry in entries:
                 digest = "sha256:" + entry.name
-                if _blob_hex(digest) is None or not entry.is_file(follow_symlinks=False):
+                if blob_hex(digest) is None or not entry.is_file(follow_symlinks=False):
                     continue
                 with contextlib.suppress(FileNotFoundError):
                     yield digest, entry.stat(follow_symlinks=False).st_size
@@ -200,7 +163,7 @@ class FilesystemBlobStore:
 
     def open(self, digest: str) -> BinaryIO:
         """Open the blob for reading; BlobUnknown when absent or not a sha256 digest."""
-        if _blob_hex(digest) is None:
+        if blob_hex(digest) is None:
             raise BlobUnknown("blob unknown to registry", {"digest": str(digest)[:200]})
         try:
             return open(self.path(digest), "rb")

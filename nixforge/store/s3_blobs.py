@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 import threading
@@ -16,8 +15,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from nixforge.errors import BlobUnknown, DigestInvalid
+from nixforge.store.blob_writing import HashingTempFile, blob_hex
 from nixforge.store.durable import full_is_store_full
-from nixforge.store.filesystem import SHA256_DIGEST
 from nixforge.store.interfaces import IBlobLocations, IBlobWriter, ICollectableBlobStore
 from nixforge.store.leases import BlobLeases
 from nixforge.store.s3_client import S3Calls, S3Location, is_conflict, is_missing
@@ -30,40 +29,18 @@ _COPY_CHUNK = 1024 * 1024
 _TEMP_PREFIX = "s3-blob-"
 
 
-def _hex(digest: str) -> str | None:
-    return digest[len("sha256:"):] if isinstance(digest, str) and SHA256_DIGEST.fullmatch(digest) else None
-
-
 @implementer(IBlobWriter)
-class S3BlobWriter:
+class S3BlobWriter(HashingTempFile):
     """Bytes go to a local temporary file, hashed; `commit` checks the digest, then uploads."""
 
     def __init__(self, store: S3BlobStore) -> None:
         self._store = store
-        self._hash = hashlib.sha256()
-        self._size = 0
-        fd, self._temp_path = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=store.temp_dir)
-        self._file: BinaryIO = os.fdopen(fd, "w+b")
-        self._done = False
-
-    def write(self, data: bytes) -> None:
-        """Append bytes to the temporary file and the running hash."""
-        if self._done:
-            raise ValueError("blob writer is already committed or aborted")
-        try:
-            with full_is_store_full():
-                self._file.write(data)
-        except BaseException:
-            self.abort()
-            raise
-        self._hash.update(data)
-        self._size += len(data)
+        fd, temp_path = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=store.temp_dir)
+        super().__init__(os.fdopen(fd, "w+b"), temp_path)
 
     def commit(self, expected_digest: str | None = None) -> tuple[str, int]:
         """Verify, then upload (unless stored already); return `(digest, size)`. Nothing is visible before."""
-        if self._done:
-            raise ValueError("blob writer is already committed or aborted")
-        digest = "sha256:" + self._hash.hexdigest()
+        digest = self._digest()
         try:
             if expected_digest is not None and expected_digest != digest:
                 raise DigestInvalid("blob content does not match its digest",
@@ -74,16 +51,6 @@ class S3BlobWriter:
         finally:
             self.abort()
         return digest, self._size
-
-    def abort(self) -> None:
-        """Close and delete the temporary file. Idempotent."""
-        if self._done:
-            return
-        self._done = True
-        with contextlib.suppress(OSError):
-            self._file.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._temp_path)
 
 
 @implementer(ICollectableBlobStore, IBlobLocations)
@@ -123,7 +90,7 @@ class S3BlobStore:
 
     def key(self, digest: str) -> str:
         """The object key of blob `digest`; DigestInvalid if not sha256."""
-        hex_digest = _hex(digest)
+        hex_digest = blob_hex(digest)
         if hex_digest is None:
             raise DigestInvalid("not a sha256 digest", {"digest": str(digest)[:200]})
         return self.base + hex_digest
@@ -171,7 +138,7 @@ class S3BlobStore:
 
     def size(self, digest: str) -> int | None:
         """The blob's size (cached once known), or None; a present blob counts as in use (leases)."""
-        if _hex(digest) is None:
+        if blob_hex(digest) is None:
             return None
         with self.leases.lock:
             size = self._sizes.get(digest)
@@ -190,7 +157,7 @@ class S3BlobStore:
         return int(head["ContentLength"])
 
     def _get(self, digest: str, sink: Callable[[Any], Any]) -> Any:
-        if _hex(digest) is None:
+        if blob_hex(digest) is None:
             raise BlobUnknown("blob unknown to registry", {"digest": str(digest)[:200]})
 
         def fetch() -> Any:
@@ -257,7 +224,7 @@ class S3BlobStore:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=self.base):
                 for item in page.get("Contents", []):
                     digest = "sha256:" + item["Key"][len(self.base):]
-                    if _hex(digest) is not None:
+                    if blob_hex(digest) is not None:
                         found.append((digest, int(item["Size"])))
             return found
         found = self.calls.run("list_objects_v2", listing)
