@@ -8,6 +8,7 @@ Only paths in the closure of an image served now (ServedClosures: the policy app
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -30,6 +31,8 @@ log = Logger()
 NO_KEY = "no binary cache here: NIXFORGE_CACHE_KEY_FILE is not set (see docs/nix-hosts.md)"
 NOT_SERVED = "not in the closure of any image this registry serves now"
 
+SIGNED_KEPT = 4096
+"""Signed narinfos kept in memory (each a few hundred bytes); older ones are signed again when asked."""
 
 @define(eq=False)
 class _Shared:
@@ -53,7 +56,8 @@ class NixCache:
     max_dumps: int = 2
     _making: dict[str, _Shared] = field(factory=dict, init=False)
     _slots: DeferredSemaphore = field(init=False)
-    _signed: dict[tuple[str, str], bytes] = field(factory=dict, init=False)
+    # (path hash, NAR digest) → the signed narinfo, the most recently used last; at most SIGNED_KEPT.
+    _signed: OrderedDict[tuple[str, str], bytes] = field(factory=OrderedDict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self._slots = DeferredSemaphore(self.max_dumps)
@@ -91,12 +95,16 @@ class NixCache:
         key = self._require_key()
         memo = (hash_part, record.file_digest)
         text = self._signed.get(memo)
-        if text is None:
+        if text is not None:
+            self._signed.move_to_end(memo)
+        else:
             info = NarInfo(record.store_path, bytes.fromhex(record.file_digest.removeprefix("sha256:")),
                            record.file_size, bytes.fromhex(record.nar_hash_hex), record.nar_size,
                            record.references, record.deriver)
             text = info.text(key.sign(info.fingerprint())).encode()
             self._signed[memo] = text
+            while len(self._signed) > SIGNED_KEPT:
+                self._signed.popitem(last=False)
         return text
 
     async def nar(self, file_name: str) -> BlobFile:

@@ -189,3 +189,19 @@ def test_the_filesystem_records_keep_their_contract(tmp_path: Any) -> None:
     again = NarRecords.in_directory(str(tmp_path))
     assert again.get("a" * 32) == record and again.hash_of_file(record.file_digest) == "a" * 32
     assert again.items() == [("a" * 32, record)]
+
+
+def test_signed_narinfos_kept_in_memory_are_bounded(store: MemoryBlobStore, index: MemoryTagIndex, tmp_path: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    import nixforge.images.nix_cache as nix_cache_module
+
+    monkeypatch.setattr(nix_cache_module, "SIGNED_KEPT", 2)
+    nix_cache = cache(store, index, NarRecords.in_directory(str(tmp_path)), key())
+    texts = []
+    for n in range(3):
+        nar = b"nar %d" % n
+        digest, size = store.put(lzma.compress(nar))
+        record = NarRecord(TOP, digest, size, hashlib.sha256(nar).hexdigest(), len(nar), (LIB, TOP), None)
+        texts.append(nix_cache._sign(f"{n}" * 32, record))
+    assert len(texts) == 3 and len(nix_cache._signed) == 2
+    assert [memo[0] for memo in nix_cache._signed] == ["1" * 32, "2" * 32]  # the oldest went first
