@@ -85,7 +85,7 @@ class FilesystemBlobStore:
         self.temp_dir = os.path.join(self.root, "tmp")
         os.makedirs(self.blob_dir, exist_ok=True)
         os.makedirs(self.temp_dir, exist_ok=True)
-        self.remove_temporaries()
+        self.remove_abandoned()
 
     def path(self, digest: str) -> str:
         """Return the file path of blob `digest` (present or not); DigestInvalid if not sha256."""
@@ -94,7 +94,7 @@ class FilesystemBlobStore:
             raise DigestInvalid("not a sha256 digest", {"digest": str(digest)[:200]})
         return os.path.join(self.blob_dir, hex_digest)
 
-    def remove_temporaries(self) -> int:
+    def remove_abandoned(self) -> int:
         """Delete temp files no live writer holds (left by a crash); return how many went."""
         removed = 0
         with os.scandir(self.temp_dir) as entries:

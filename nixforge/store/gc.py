@@ -330,6 +330,9 @@ class GarbageCollector:
             if not finished:
                 return self._result(reason, deleted, freed, evicted, forgotten, started, completed=False)
         self.store.leases.forget_before(self.store.leases.floor())
+        abandoned = self.store.remove_abandoned()
+        if abandoned:
+            log.info("gc ({reason}): removed {count} abandoned uploads", reason=reason, count=abandoned)
         return self._result(reason, deleted, freed, evicted, forgotten, started)
 
     def _result(self, reason: str, deleted: int, freed: int, evicted: int, forgotten: int,

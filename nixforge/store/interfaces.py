@@ -186,6 +186,9 @@ class ICollectableBlobStore(IBlobStore):
     def delete(digest: str, floor: int) -> int | None:
         """Delete blob `digest` unless touched at or after `floor`; return the bytes freed, or None."""
 
+    def remove_abandoned() -> int:
+        """Remove what dead writers left (temp files, incomplete uploads), never a live one's; return how many."""
+
 
 class IReferences(Interface):
     """What a stored document references: how GC marks without knowing manifest formats."""

@@ -81,6 +81,8 @@ class S3BlobStore:
         self.leases = BlobLeases()
         self._sizes: dict[str, int] = {}
         self._first_seen: dict[str, float] = {}
+        self._uploads_seen: dict[str, float] = {}
+        self._live_uploads: set[str] = set()
         self._lock = threading.Lock()
         os.makedirs(self.temp_dir, exist_ok=True)
         for name in os.listdir(self.temp_dir):
@@ -121,6 +123,8 @@ class S3BlobStore:
         key = self.key(digest)
         upload = self.calls("create_multipart_upload", Bucket=self.bucket, Key=key)["UploadId"]
         self.multipart_uploads += 1
+        with self._lock:
+            self._live_uploads.add(upload)
         try:
             parts = []
             for number, offset in enumerate(range(0, size, self.part_size), start=1):
@@ -135,6 +139,9 @@ class S3BlobStore:
             with contextlib.suppress(Exception):
                 self.calls("abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload)
             raise
+        finally:
+            with self._lock:
+                self._live_uploads.discard(upload)
 
     def size(self, digest: str) -> int | None:
         """The blob's size (cached once known), or None; a present blob counts as in use (leases)."""
@@ -233,6 +240,44 @@ class S3BlobStore:
             for digest, _ in found:
                 self._first_seen.setdefault(digest, now)
         yield from found
+
+    def remove_abandoned(self) -> int:
+        """Abort the incomplete multipart uploads of writers that died; return how many went.
+
+        Their parts are invisible to clients (no object exists before the upload completes) but cost
+        storage until aborted. An upload is abandoned when this process listed it first at least
+        `grace` seconds ago (its own monotonic clock, never the store's `Initiated` time) and is not one
+        of its own running uploads. A bucket lifecycle rule (`AbortIncompleteMultipartUpload`) does the
+        same on stores that have one.
+        """
+        def listing() -> list[tuple[str, str]]:
+            found = []
+            paginator = self.calls.client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.base):
+                found.extend((item["Key"], item["UploadId"]) for item in page.get("Uploads", []))
+            return found
+        try:
+            uploads = self.calls.run("list_multipart_uploads", listing)
+        except ClientError as error:  # a store without the call: leave it to a lifecycle rule
+            log.warn("cannot list incomplete uploads: {error}", error=error)
+            return 0
+        now = self.monotonic()
+        with self._lock:
+            listed = {upload for _, upload in uploads}
+            self._uploads_seen = {upload: self._uploads_seen.get(upload, now) for upload in listed}
+            stale = [(key, upload) for key, upload in uploads
+                     if upload not in self._live_uploads and now - self._uploads_seen[upload] >= self.grace]
+        aborted = 0
+        for key, upload in stale:
+            try:
+                self.calls("abort_multipart_upload", Bucket=self.bucket, Key=key, UploadId=upload)
+            except ClientError as error:
+                if not is_missing(error):
+                    raise
+            aborted += 1
+            with self._lock:
+                self._uploads_seen.pop(upload, None)
+        return aborted
 
     def delete(self, digest: str, floor: int) -> int | None:
         """Delete the blob unless a lease protects it or it is within the grace period; return the bytes freed."""

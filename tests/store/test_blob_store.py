@@ -110,7 +110,7 @@ def test_filesystem_reopen_spares_live_writer(fs_root: Path) -> None:
     writer = store.writer()
     writer.write(b"in flight")
     other = FilesystemBlobStore(str(fs_root))
-    assert other.remove_temporaries() == 0
+    assert other.remove_abandoned() == 0
     assert len(temporaries(fs_root)) == 1
     digest, _ = writer.commit()
     assert other.read(digest) == b"in flight"

@@ -172,6 +172,15 @@ class BlobStoreContract:
         stored = {store.put(bytes([n]) * n) for n in range(1, 6)}
         assert set(store.digests()) == stored
 
+    def test_abandoned_leftovers_go_and_a_live_writer_keeps_its_bytes(self, store: ICollectableBlobStore) -> None:
+        writer = store.writer()
+        writer.write(b"half a layer")
+        assert store.remove_abandoned() == 0  # GC at this moment: the writer is alive
+        writer.write(b", then the rest")
+        digest, _ = writer.commit()
+        assert store.read(digest) == b"half a layer, then the rest"
+        assert store.remove_abandoned() == 0
+
     def test_delete_spares_what_a_lease_protects(self, store: ICollectableBlobStore) -> None:
         old, _ = store.put(b"old")
         list(store.digests())  # GC lists before it deletes
