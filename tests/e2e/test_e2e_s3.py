@@ -65,18 +65,18 @@ def test_a_running_replica_takes_what_another_built_since(
     assert server.matching_lines(NIX_BUILD) == [] and server.matching_lines(BUILD_STARTED) == []
 
 
-def test_concurrent_cold_pulls_over_two_replicas_build_once(
+def test_concurrent_cold_pulls_over_three_replicas_build_once(
         forge_factory: ForgeFactory, s3_server: SeaweedServer, tmp_path: Path) -> None:
     bucket = s3_server.create_bucket(f"e2e-{uuid.uuid4().hex[:12]}")
     environment = {**s3_server.environ(), "NIXFORGE_STORE": f"s3://{bucket}"}
-    replicas = [forge_factory("a", extra_env=environment), forge_factory("b", extra_env=environment)]
+    replicas = [forge_factory(name, extra_env=environment) for name in ("a", "b", "c")]
     answers: list[tuple[int, str]] = []
 
     def pull(forge: ForgeProcess) -> None:
         response = forge.manifest("hello", accept=DOCKER_ACCEPT)
         answers.append((response.status, response.headers.get("docker-content-digest", "")))
 
-    threads = [threading.Thread(target=pull, args=(replicas[n % 2],)) for n in range(50)]
+    threads = [threading.Thread(target=pull, args=(replicas[n % 3],)) for n in range(50)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -87,6 +87,7 @@ def test_concurrent_cold_pulls_over_two_replicas_build_once(
         forge.sync_log()
     builders = [forge for forge in replicas if forge.matching_lines(BUILD_STARTED)]
     assert len(builders) == 1 and len(builders[0].matching_lines(BUILD_STARTED)) == 1  # one build in all
-    [waiter] = [forge for forge in replicas if forge is not builders[0]]
-    assert waiter.matching_lines(NIX_BUILD) == [] and len(waiter.matching_lines(BUILT_ELSEWHERE)) == 1
-    skopeo_copy(waiter, "hello", tmp_path / "from-waiter")  # it knows the blobs the builder stored
+    waiters = [forge for forge in replicas if forge is not builders[0]]
+    for n, waiter in enumerate(waiters):
+        assert waiter.matching_lines(NIX_BUILD) == [] and len(waiter.matching_lines(BUILT_ELSEWHERE)) == 1
+        skopeo_copy(waiter, "hello", tmp_path / f"from-waiter-{n}")  # it knows the blobs the builder stored

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
 
 from nixforge.oci.manifest_references import ManifestReferences
 from nixforge.store.durable_index import RecordTagIndex
-from nixforge.store.gc import GarbageCollector
+from nixforge.store.gc import GarbageCollector, GcResult
 from nixforge.store.gc_journal import GcJournal
 from nixforge.store.interfaces import TagRecord
 from nixforge.store.layer_cache import LayerCache
@@ -57,3 +59,44 @@ def test_only_the_holder_of_the_gc_lease_collects() -> None:
     assert len(list(blobs.digests())) == 1
     a.leases.release(held)
     assert b.gc.collect() is not None and list(blobs.digests()) == []
+
+
+class HeldListing(MemoryBlobStore):
+    """A blob store whose listing waits for `go`: the lease holder stays mid-run while the other starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.go = threading.Event()
+
+    def digests(self) -> Iterator[tuple[str, int]]:
+        assert self.go.wait(30)
+        yield from super().digests()
+
+
+def test_two_replicas_starting_gc_together_collect_once() -> None:
+    blobs, records = HeldListing(), MemoryRecordStore()
+    a, b = Replica(blobs, records, "a"), Replica(blobs, records, "b")
+    kept = store_image(blobs, a.index, "hello")
+    blobs.put(b"garbage")
+    start = threading.Barrier(2)
+    results: list[object] = []
+    finished = threading.Condition()
+
+    def collect(replica: Replica) -> None:
+        start.wait(10)
+        result = replica.gc.collect()
+        with finished:
+            results.append(result)
+            finished.notify_all()
+    threads = [threading.Thread(target=collect, args=(replica,)) for replica in (a, b)]
+    for thread in threads:
+        thread.start()
+    with finished:
+        assert finished.wait_for(lambda: results, 30)  # the one without the lease is back at once
+    assert results == [None]
+    blobs.go.set()
+    for thread in threads:
+        thread.join(30)
+    [ran] = [result for result in results if result is not None]
+    assert isinstance(ran, GcResult) and ran.blobs_deleted == 1
+    assert {digest for digest, _ in blobs.digests()} == kept and records.keys("leases/") == []

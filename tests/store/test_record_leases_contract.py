@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,23 @@ class LeaseContract:
         assert c.acquire("build-x") is None  # b's takeover is a new version: c's clock starts again
         assert dead.renew(lost) is None and not dead.release(lost)  # the dead holder lost it
         assert c.holder_of("build-x") == "b"
+
+
+    def test_replicas_racing_for_a_free_lease_at_once_get_one_holder(self, records: IRecordStore) -> None:
+        replicas = [RecordLeases(records, ttl=30, holder=f"r{n}") for n in range(8)]
+        start = threading.Barrier(len(replicas))
+        won: list[str] = []
+
+        def race(leases: RecordLeases) -> None:
+            start.wait(10)
+            if leases.acquire("gc") is not None:
+                won.append(leases.holder)
+        threads = [threading.Thread(target=race, args=(leases,)) for leases in replicas]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert len(won) == 1 and replicas[0].holder_of("gc") == won[0]
 
 
 class TestMemoryLeases(LeaseContract):
