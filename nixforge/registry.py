@@ -240,7 +240,7 @@ def _shared_builds(config: ForgeConfig, backend: StoreBackend, run_in_thread: Ca
     if backend.calls is None:
         return None
     return SharedBuilds(RecordLeases(backend.records, ttl=config.build_lease), backend.index.reload,
-                        run_in_thread, reactor, arrived=backend.refresh_blobs)
+                        run_in_thread, reactor)
 
 
 def _blob_url(config: ForgeConfig, backend: StoreBackend,

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
 from twisted.logger import Logger
 
 from nixforge.errors import BlobUnknown, BuildFailed
+from nixforge.images.blob_sizes import stored_size
 from nixforge.images.interfaces import BlobFile
 from nixforge.images.served_closures import ServedClosures
 from nixforge.nix.client import NixClient, NixError
@@ -87,7 +88,8 @@ class NixCache:
         record = self.records.get(hash_part)
         if record is None:  # another replica may have made it
             record = await self.run_in_thread(self.records.lookup, hash_part)
-        if record is None or record.store_path != path or self.store.size(record.file_digest) is None:
+        if (record is None or record.store_path != path
+                or await stored_size(self.store, record.file_digest, self.run_in_thread) is None):
             record = await self._shared(hash_part, path)
         return self._sign(hash_part, record)
 
@@ -118,7 +120,7 @@ class NixCache:
         if hash_part is None:
             raise BlobUnknown("no such NAR", {"file": file_name[:100]})
         await self.served_path(hash_part)
-        size = self.store.size(digest)
+        size = await stored_size(self.store, digest, self.run_in_thread)
         if size is None:
             raise BlobUnknown("the NAR was collected; ask for its narinfo again", {"file": file_name[:100]})
         return BlobFile(digest=digest, size=size, opener=lambda: self.store.open(digest))

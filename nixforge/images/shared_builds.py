@@ -65,8 +65,6 @@ class SharedBuilds:
     run_in_thread: Callable[..., Deferred[Any]]
     clock: IReactorTime
     poll: float = 1.0
-    arrived: Callable[[], object] = lambda: None
-    """Called (in a thread) when another replica's record ends the wait: e.g. learn the blobs it stored."""
 
     async def hold_or_wait(self, name: str, tag: str, source: str,
                            unusable: TagRecord | None = None) -> HeldLease | TagRecord:
@@ -83,7 +81,6 @@ class SharedBuilds:
             if record is not None and record.source == source and record != unusable:
                 if lease is not None:
                     await self.run_in_thread(self.leases.release, lease)
-                await self.run_in_thread(self.arrived)
                 log.info("{name}:{tag} was built by another replica", name=name, tag=tag)
                 return record
             if lease is not None:

@@ -14,7 +14,7 @@ from twisted.python.failure import Failure
 
 from nixforge.store.durable_index import FilesystemTagIndex, RecordTagIndex
 from nixforge.store.filesystem import FilesystemBlobStore
-from nixforge.store.interfaces import ICollectableBlobStore, ILockedRevisions, IRecordStore
+from nixforge.store.interfaces import ICollectableBlobStore, IRecordStore
 from nixforge.store.locked_revisions import FilesystemLockedRevisions, RecordLockedRevisions
 from nixforge.store.records import FilesystemRecordStore
 from nixforge.store.s3_client import S3Calls, S3Location, S3Settings
@@ -33,30 +33,21 @@ class StoreBackend:
     blobs: ICollectableBlobStore
     records: IRecordStore
     index: RecordTagIndex
-    revisions: ILockedRevisions
+    revisions: RecordLockedRevisions
     description: str
     calls: S3Calls | None = None
     probe: Callable[[], object] | None = None
     """A small request that must succeed while the store is usable (None: the data dir, checked anyway)."""
 
-    def refresh_blobs(self) -> None:
-        """Learn the blobs other replicas stored (one listing; nothing to do for the data dir). Blocks."""
-        refresh = getattr(self.blobs, "refresh", None)
-        if refresh is not None:
-            refresh()
-
     def refresh(self) -> int:
-        """Take what other replicas stored since the last look: blobs first, then records. Blocks.
+        """Take the records other replicas stored since the last look (one listing each); return how many. Blocks.
 
-        Blobs first, so that a record seen here never names a blob this replica can't size yet.
+        Blobs are not listed: the bucket may hold hundreds of thousands, and the serving path asks
+        for the size of one it has not seen yet when a client wants it (one `HEAD`, remembered).
         """
-        refresh_blobs = getattr(self.blobs, "refresh", None)
-        if refresh_blobs is None:
-            return 0
-        refresh_blobs()
-        refresh_revisions = getattr(self.revisions, "refresh", None)
-        if refresh_revisions is not None:
-            refresh_revisions()
+        if self.calls is None:
+            return 0  # the data dir: this process is its only writer
+        self.revisions.refresh()
         return self.index.refresh()
 
     def close(self) -> None:
@@ -89,7 +80,6 @@ def open_store(url: str, data_dir: str, clock: Callable[[], float], retention: f
     blobs = S3BlobStore(calls, location, os.path.join(data_dir, "tmp"), grace=grace, on_reactor=on_reactor)
     try:
         calls("head_bucket", Bucket=location.bucket)
-        blobs.refresh()  # before the index: every record read names blobs already sized
         s3_records = S3RecordStore(calls, location)
         index = RecordTagIndex(s3_records, clock=clock, retention=retention)
         revisions = RecordLockedRevisions(s3_records)
@@ -101,11 +91,11 @@ def open_store(url: str, data_dir: str, clock: Callable[[], float], retention: f
 
 
 REFRESH_INTERVAL = 15.0
-"""Seconds between looks at what other replicas stored (one listing of blobs and records)."""
+"""Seconds between looks at what other replicas stored (one listing of the tag records, one of the locks)."""
 
 
 class StoreRefreshService(TimerService):
-    """With a shared bucket: every REFRESH_INTERVAL seconds, take other replicas' blobs and records."""
+    """With a shared bucket: every REFRESH_INTERVAL seconds, take other replicas' records."""
 
     def __init__(self, backend: StoreBackend, run_in_thread: Callable[..., Deferred[Any]], clock: Any,
                  interval: float = REFRESH_INTERVAL) -> None:
