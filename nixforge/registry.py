@@ -167,7 +167,7 @@ def make_registry(config: ForgeConfig, reactor: Any) -> MultiService:
                       max_name_length=config.max_name_length,
                       max_tag_length=config.max_tag_length, error_log_tail=config.error_log_tail,
                       refresh_access=refresh_access(config), blob_url=_blob_url(config, backend, readiness),
-                      open_blob=run_in_thread if backend.calls is not None else None)
+                      blob_thread=run_in_thread if backend.calls is not None else None)
     serve(config, api.resource(), metrics, run_in_thread, reactor, root)
     log.info("nixforge {version}: flake {flake}, data in {data_dir}, store {store}, store cap {cap}, systems "
              "{systems}", version=__version__, flake=config.flake, data_dir=config.data_dir,

@@ -29,6 +29,7 @@ from nixforge.api.pagination import next_link, paginate, parse_page_request
 from nixforge.api.refresh import refresh
 from nixforge.api.routing import CONVERTERS
 from nixforge.api.sendfile import send_blob
+from nixforge.api.stream_sender import StreamSender
 from nixforge.api.ui import UiPages
 from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.oci import media_types as mt
@@ -149,12 +150,12 @@ class RegistryApi:
         ui: UiPages | None = None,
         nix_cache: NixCacheApi | None = None,
         blob_url: Callable[[str], str | None] | None = None,
-        open_blob: Callable[[Callable[[], Any]], Deferred[Any]] | None = None,
+        blob_thread: Callable[..., Deferred[Any]] | None = None,
     ) -> None:
         self._ui = ui
         self._nix_cache = nix_cache
         self._blob_url = blob_url
-        self._open_blob = open_blob
+        self._blob_thread = blob_thread
         self._builds = builds or BuildBook()
         self._metrics = metrics
         self._readiness = readiness or (lambda: NOT_CHECKED)
@@ -347,9 +348,14 @@ class RegistryApi:
             request.setResponseCode(206)
             request.setHeader(b"Content-Range", byte_range.content_range().encode())
         request.setHeader(b"Content-Length", str(length).encode())
-        # A store whose open() fetches (an object store, NIXFORGE_S3_REDIRECT=false) opens in a thread.
-        file = blob.open() if self._open_blob is None else await self._open_blob(blob.open)
-        await send_blob(request, file, offset, length, self._reactor, self._schedule)
+        if self._blob_thread is None:  # a local store: opening is one quick syscall
+            await send_blob(request, blob.open(), offset, length, self._reactor, self._schedule)
+        elif blob.ranged is not None:  # an object store (NIXFORGE_S3_REDIRECT=false): the range, as it comes
+            reader = await self._blob_thread(blob.ranged, offset, length)
+            await StreamSender(request, reader, length, self._blob_thread).start()
+        else:
+            await send_blob(request, await self._blob_thread(blob.open), offset, length, self._reactor,
+                            self._schedule)
         return None
 
     async def _referrers(self, request: IRequest, name: str, digest_text: str) -> bytes:

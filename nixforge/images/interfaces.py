@@ -14,11 +14,16 @@ from nixforge.oci.documents import ImageManifests, ManifestDocument
 
 @frozen
 class BlobFile:
-    """A stored blob ready to stream: its size and an opener (opening is one quick syscall)."""
+    """A stored blob ready to stream: its size and an opener (opening is one quick syscall).
+
+    `ranged`, from a store across the network, reads a byte range straight from it, `(offset,
+    length) -> reader`, blocking (in a worker thread): the body goes out as the store sends it.
+    """
 
     digest: str
     size: int
     opener: Callable[[], BinaryIO]
+    ranged: Callable[[int, int], BinaryIO] | None = None
 
     def open(self) -> BinaryIO:
         """Open the blob for binary reading."""

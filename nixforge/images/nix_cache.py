@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
 from twisted.logger import Logger
 
 from nixforge.errors import BlobUnknown, BuildFailed
-from nixforge.images.blob_sizes import stored_size
+from nixforge.images.blob_files import stored_blob, stored_size
 from nixforge.images.interfaces import BlobFile
 from nixforge.images.served_closures import ServedClosures
 from nixforge.nix.client import NixClient, NixError
@@ -120,10 +120,10 @@ class NixCache:
         if hash_part is None:
             raise BlobUnknown("no such NAR", {"file": file_name[:100]})
         await self.served_path(hash_part)
-        size = await stored_size(self.store, digest, self.run_in_thread)
-        if size is None:
+        blob = await stored_blob(self.store, digest, self.run_in_thread)
+        if blob is None:
             raise BlobUnknown("the NAR was collected; ask for its narinfo again", {"file": file_name[:100]})
-        return BlobFile(digest=digest, size=size, opener=lambda: self.store.open(digest))
+        return blob
 
     def live_blobs(self) -> list[str]:
         """The NAR blobs of the paths served now: GC keeps them (thread-safe: reads snapshots).

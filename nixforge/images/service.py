@@ -18,7 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from nixforge.errors import BlobUnknown, BuildInProgress, ForgeError, NameUnknown, StoreUnavailable
-from nixforge.images.blob_sizes import stored_size
+from nixforge.images.blob_files import stored_blob
 from nixforge.images.freshness import Freshness
 from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.images.policy import AccessPolicy
@@ -212,11 +212,11 @@ class ImageService:
         return await self._blob_file(digest, unknown)
 
     def _blob_file(self, digest: str, unknown: BlobUnknown) -> Deferred[BlobFile]:
-        def found(size: int | None) -> BlobFile:
-            if size is None:
+        def found(blob: BlobFile | None) -> BlobFile:
+            if blob is None:
                 raise unknown
-            return BlobFile(digest=digest, size=size, opener=lambda: self.store.open(digest))
-        return stored_size(self.store, digest, self.images.run_in_thread).addCallback(found)
+            return blob
+        return ensureDeferred(stored_blob(self.store, digest, self.images.run_in_thread)).addCallback(found)
 
     def _manifests_of(self, name: str) -> frozenset[str]:
         """Every manifest digest of `name` served now: its allowed records', and retained ones of allowed tags."""

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from zope.interface import implementer
 
 from nixforge.errors import BlobUnknown, ManifestUnknown, NameUnknown
-from nixforge.images.blob_sizes import stored_size
+from nixforge.images.blob_files import stored_blob
 from nixforge.images.interfaces import BlobFile, IImageService
 from nixforge.images.served_closures import ServedClosures
 from nixforge.oci.documents import ImageManifests, ManifestDocument
@@ -107,10 +107,10 @@ class SnapshotterImages:
 
     async def _blob(self, inner: str, digest: str) -> BlobFile:
         await self.images.tags(inner)  # the policy's NameUnknown for a refused name
-        size = await stored_size(self.store, digest, self.run_in_thread)
-        if size is None:
+        blob = await stored_blob(self.store, digest, self.run_in_thread)
+        if blob is None:
             raise BlobUnknown("blob unknown to registry", {"digest": digest})
-        return BlobFile(digest=digest, size=size, opener=lambda: self.store.open(digest))
+        return blob
 
     def tags(self, name: str) -> Deferred[list[str]]:
         """The tags of `<name>` for `nix/<name>`."""

@@ -221,3 +221,13 @@ class IBlobLocations(Interface):
 
     def url(digest: str, ttl: float) -> str:
         """Return a signed GET URL of the blob, valid `ttl` seconds; it is a secret: never log it."""
+
+
+class IBlobStreams(Interface):
+    """Blobs read straight from the store over the network (an object store), a byte range at a time."""
+
+    def stream(digest: str, offset: int, length: int) -> BinaryIO:
+        """Return a reader of `length` bytes of the blob from `offset` (one ranged GET); BlobUnknown when absent.
+
+        Blocks, and so does every `read` of the reader: use them off the reactor, and close the reader.
+        """

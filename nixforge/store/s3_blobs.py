@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import tempfile
 import threading
@@ -17,7 +18,7 @@ from zope.interface import implementer
 from nixforge.errors import BlobUnknown, DigestInvalid
 from nixforge.store.blob_writing import HashingTempFile, blob_hex
 from nixforge.store.durable import full_is_store_full
-from nixforge.store.interfaces import IBlobLocations, IBlobWriter, ICollectableBlobStore
+from nixforge.store.interfaces import IBlobLocations, IBlobStreams, IBlobWriter, ICollectableBlobStore
 from nixforge.store.leases import BlobLeases
 from nixforge.store.s3_client import S3Calls, S3Location, is_conflict, is_missing
 
@@ -53,7 +54,7 @@ class S3BlobWriter(HashingTempFile):
         return digest, self._size
 
 
-@implementer(ICollectableBlobStore, IBlobLocations)
+@implementer(ICollectableBlobStore, IBlobLocations, IBlobStreams)
 class S3BlobStore:
     """Blob `sha256:<hex>` is the object `<prefix>blobs/sha256/<hex>`; stored blobs are never rewritten.
 
@@ -192,6 +193,25 @@ class S3BlobStore:
             local.close()
             raise
         return local  # type: ignore[return-value]
+
+    def stream(self, digest: str, offset: int, length: int) -> BinaryIO:
+        """A reader of `length` bytes of the blob from `offset`, straight from the store (one ranged GET).
+
+        The GET runs in the call pool (bounded; StoreUnavailable when the store does not answer); the
+        reader's `read`s then block on the network: call them off the reactor, and close the reader.
+        """
+        if length <= 0:
+            return io.BytesIO(b"")  # type: ignore[return-value]
+        if blob_hex(digest) is None:
+            raise BlobUnknown("blob unknown to registry", {"digest": str(digest)[:200]})
+        try:
+            response = self.calls("get_object", Bucket=self.bucket, Key=self.key(digest),
+                                  Range=f"bytes={offset}-{offset + length - 1}")
+        except ClientError as error:
+            if is_missing(error):
+                raise BlobUnknown("blob unknown to registry", {"digest": digest}) from None
+            raise
+        return response["Body"]  # type: ignore[no-any-return]
 
     def read(self, digest: str) -> bytes:
         """The blob's bytes; BlobUnknown when absent."""

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 from typing import Any
 
 import pytest
+from attrs import evolve
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from nixforge.api import RegistryApi
 from nixforge.api.blob_sender import CHUNK_SIZE
 
-from .fake_images import FakeImageService, StubClient
+from .fake_images import FakeImageService, StubClient, TrackedFile
 
 DATA = bytes(range(256)) * 3 + b"tail"  # 772 bytes
 SIZE = len(DATA)
@@ -164,11 +166,38 @@ def test_a_blob_store_that_fetches_is_opened_through_the_given_thread_runner(
         images: FakeImageService, clock: Clock, digest: str) -> None:
     opened_through: list[object] = []
 
-    def open_blob(opener: Any) -> Deferred[Any]:
-        opened_through.append(opener)
-        return succeed(opener())
+    def blob_thread(function: Any, *args: Any) -> Deferred[Any]:
+        opened_through.append(function)
+        return succeed(function(*args))
 
-    client = StubClient(RegistryApi(images, clock, open_blob=open_blob).resource(), clock)
+    client = StubClient(RegistryApi(images, clock, blob_thread=blob_thread).resource(), clock)
     response, body = client.request("GET", f"/v2/lib/hello/blobs/{digest}", headers={"Range": ["bytes=2-5"]})
     assert response.code == 206 and body == DATA[2:6]
     assert len(opened_through) == 1 and len(images.opened) == 1 and images.opened[0].closed
+
+
+def test_a_store_across_the_network_sends_the_range_it_reads_straight_from_the_store(
+        images: FakeImageService, clock: Clock, digest: str) -> None:
+    asked: list[tuple[int, int]] = []
+    readers: list[TrackedFile] = []
+
+    def ranged(offset: int, length: int) -> TrackedFile:
+        asked.append((offset, length))
+        readers.append(TrackedFile(io.BytesIO(DATA[offset:offset + length])))
+        return readers[-1]
+
+    images.blobs[("lib/hello", digest)] = evolve(images.blobs[("lib/hello", digest)], ranged=ranged)
+    in_thread: list[object] = []
+
+    def blob_thread(function: Any, *args: Any) -> Deferred[Any]:
+        in_thread.append(function)
+        return succeed(function(*args))
+
+    client = StubClient(RegistryApi(images, clock, blob_thread=blob_thread).resource(), clock)
+    response, body = client.request("GET", f"/v2/lib/hello/blobs/{digest}", headers={"Range": ["bytes=100-299"]})
+    assert response.code == 206 and body == DATA[100:300]
+    assert asked == [(100, 200)] and images.opened == []  # no local copy of the whole blob
+    assert readers[0].closed and readers[0].bytes_read == 200
+    assert in_thread[0] is not None and all(f is not None for f in in_thread) and len(in_thread) >= 2  # GET, reads
+    response, body = client.request("GET", f"/v2/lib/hello/blobs/{digest}")
+    assert response.code == 200 and body == DATA and asked[-1] == (0, SIZE)

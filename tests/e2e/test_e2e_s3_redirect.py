@@ -146,6 +146,9 @@ def test_without_redirects_the_replica_streams_with_range(
         assert whole.status == 200 and sha256_digest(whole.body) == digest
         part = streaming.get(f"/v2/hello/blobs/{digest}", headers={"Range": "bytes=10-19"})
         assert part.status == 206 and part.body == whole.body[10:20]
+        run_tool(["skopeo", "copy", "--src-tls-verify=false", f"docker://{streaming.registry}/hello:latest",
+                  f"oci:{tmp_path / 'streamed'}:latest"], timeout=600)  # skopeo checks every digest
+        assert {status for _, status in redirected_blobs(streaming)} == {200, 206}  # no 307
         assert streaming.matching_lines(NIX_BUILD) == []
     finally:
         streaming.stop()

@@ -224,6 +224,22 @@ class TestS3BlobStore(BlobStoreContract):
         assert S3BlobStore(s3_calls, s3_location, scratch(tmp_path)).read(sha256(data)) == data
         assert os.listdir(scratch(tmp_path)) == []
 
+    def test_a_range_streams_straight_from_the_store(self, s3_calls: S3Calls, s3_location: S3Location,
+                                                      tmp_path: Path) -> None:
+        store = S3BlobStore(s3_calls, s3_location, scratch(tmp_path))
+        data = os.urandom(3 << 20)
+        digest, _ = store.put(data)
+        reader = store.stream(digest, 1000, 2 << 20)
+        try:
+            assert reader.read(1 << 20) + reader.read(1 << 20) == data[1000:1000 + (2 << 20)]
+            assert reader.read(10) == b""
+        finally:
+            reader.close()
+        assert store.stream(digest, 5, 0).read() == b""
+        with pytest.raises(BlobUnknown):
+            store.stream(sha256(b"absent"), 0, 10)
+        assert os.listdir(scratch(tmp_path)) == []  # nothing copied locally
+
     def test_a_stored_blob_is_never_rewritten(self, s3_calls: S3Calls, s3_location: S3Location,
                                               tmp_path: Path) -> None:
         first = S3BlobStore(s3_calls, s3_location, scratch(tmp_path))

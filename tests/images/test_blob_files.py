@@ -7,7 +7,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, succeed
 
-from nixforge.images.blob_sizes import stored_size
+from nixforge.images.blob_files import stored_size
 from nixforge.store.memory import MemoryBlobStore
 
 
