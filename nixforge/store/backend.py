@@ -87,7 +87,23 @@ def open_store(url: str, data_dir: str, clock: Callable[[], float], retention: f
         calls.close()
         raise StoreUnreachable(f"cannot use {url} ({settings.endpoint or 'AWS'}): {error}") from None
     return StoreBackend(blobs, s3_records, index, revisions, f"{url} at {settings.endpoint or 'AWS'}", calls,
-                        probe=lambda: calls("head_bucket", Bucket=location.bucket))
+                        probe=lambda: read_readiness_object(s3_records))
+
+
+READINESS_KEY = "readiness.json"
+"""A small record every readiness check reads back (created when missing)."""
+
+
+def read_readiness_object(records: IRecordStore) -> None:
+    """Read an object from the store, as a blob GET would; raise when it can't (StoreUnavailable, ...). Blocks.
+
+    A bucket-level request (`HeadBucket`) can succeed while the servers holding the objects are
+    still down (a store just restarted): reading an object checks the path every pull takes.
+    """
+    if records.get(READINESS_KEY) is None:
+        records.swap(READINESS_KEY, b'{"written by": "nixforge readiness checks"}\n', None)
+        if records.get(READINESS_KEY) is None:
+            raise StoreUnreachable("the readiness object written just now cannot be read back")
 
 
 REFRESH_INTERVAL = 15.0

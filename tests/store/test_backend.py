@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from nixforge.store.backend import StoreUnreachable, open_store
+from nixforge.store.backend import READINESS_KEY, StoreUnreachable, open_store, read_readiness_object
 from nixforge.store.durable_index import FilesystemTagIndex
 from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.interfaces import TagRecord
+from nixforge.store.records import MemoryRecordStore
 from nixforge.store.s3_blobs import S3BlobStore
 from nixforge.store.s3_client import S3Location, S3Settings
 from tests.s3_server import SeaweedServer
@@ -73,3 +74,34 @@ def test_location_parsing() -> None:
     for bad in ["bucket", "http://bucket", "s3://", "s3://b?x=1"]:
         with pytest.raises(ValueError):
             S3Location.parse(bad)
+
+
+def test_the_readiness_probe_reads_an_object_back(s3_server: SeaweedServer, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in s3_server.environ().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.create_bucket(f"ready-{uuid.uuid4().hex[:8]}")
+    backend = open_store(f"s3://{bucket}/r", str(tmp_path), time.time, 3600,
+                         S3Settings(endpoint=s3_server.endpoint, pool=2))
+    try:
+        assert backend.probe is not None
+        backend.probe()
+        assert backend.records.get(READINESS_KEY) is not None  # written once, read by every check
+        backend.probe()
+    finally:
+        backend.close()
+
+
+class UnreadableRecords(MemoryRecordStore):
+    """The bucket answers, the servers holding objects do not: every read comes back empty."""
+
+    def get(self, key: str) -> None:
+        return None
+
+
+def test_the_readiness_probe_fails_when_objects_cannot_be_read() -> None:
+    with pytest.raises(StoreUnreachable, match="cannot be read back"):
+        read_readiness_object(UnreadableRecords())
+    records = MemoryRecordStore()
+    read_readiness_object(records)
+    assert records.get(READINESS_KEY) is not None
