@@ -16,6 +16,9 @@ from nixforge.api.blob_sender import CHUNK_SIZE, BodySender
 
 log = Logger()
 
+STREAM_CHUNK = 4 * CHUNK_SIZE
+"""Bytes per read from the store: each read is a trip to a worker thread, so larger than a local file's."""
+
 
 @implementer(IPushProducer)
 class StreamSender(BodySender):
@@ -31,7 +34,7 @@ class StreamSender(BodySender):
     """
 
     def __init__(self, request: IRequest, reader: BinaryIO, length: int,
-                 run_in_thread: Callable[..., Deferred[Any]], chunk_size: int = CHUNK_SIZE) -> None:
+                 run_in_thread: Callable[..., Deferred[Any]], chunk_size: int = STREAM_CHUNK) -> None:
         super().__init__(request, reader)
         self._remaining = length
         self._run_in_thread = run_in_thread
