@@ -119,8 +119,47 @@ class BodySender:
         self._finish()
 
 
+class PacedSender(BodySender):
+    """A body sender that is a push producer: it writes while the transport takes more, and waits while it is full.
+
+    Subclasses say how to go on (`_go`: write or read the next chunks); `start` registers it.
+    """
+
+    def __init__(self, request: IRequest, file: BinaryIO, length: int) -> None:
+        super().__init__(request, file)
+        self._remaining = length
+        self._paused = False
+
+    def start(self) -> Deferred[None]:
+        """Register with the request and start; fires when the body is done or the client gone."""
+        self._request.notifyFinish().addErrback(self._lost)
+        if self._remaining <= 0:
+            self._finish()
+            return self._done
+        self._registered = True
+        self._request.registerProducer(self, True)
+        self._go()
+        return self._done
+
+    def pauseProducing(self) -> None:
+        """The transport's buffer is full: stop until it asks again."""
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """The transport has room again: go on."""
+        self._paused = False
+        self._go()
+
+    def stopProducing(self) -> None:
+        """The consumer is going away: close the file and unregister (the Deferred fires on disconnect)."""
+        self._stop()
+
+    def _go(self) -> None:
+        raise NotImplementedError
+
+
 @implementer(IPushProducer)
-class BlobProducer(BodySender):
+class BlobProducer(PacedSender):
     """Write `length` bytes of `file` from `offset` to `request`, paced by the transport.
 
     A push producer: it writes chunks while the transport accepts them and stops as soon as the
@@ -142,41 +181,21 @@ class BlobProducer(BodySender):
         chunk_size: int = CHUNK_SIZE,
         chunks_per_turn: int = 16,
     ) -> None:
-        super().__init__(request, file)
+        super().__init__(request, file, length)
         self._offset = offset
-        self._remaining = length
         self._schedule = schedule
         self._chunk_size = chunk_size
         self._chunks_per_turn = chunks_per_turn
-        self._paused = False
         self._pumping = False
         self._scheduled = False
 
     def start(self) -> Deferred[None]:
-        """Register with the request and start writing; fires when the body is done or the client gone."""
+        """Seek to the range, register with the request and start writing."""
         self._file.seek(self._offset)
-        self._request.notifyFinish().addErrback(self._lost)
-        if self._remaining <= 0:
-            self._close()
-            self._done.callback(None)
-            return self._done
-        self._registered = True
-        self._request.registerProducer(self, True)
+        return super().start()
+
+    def _go(self) -> None:
         self._pump()
-        return self._done
-
-    def pauseProducing(self) -> None:
-        """The transport's buffer is full: stop writing until it asks again."""
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        """The transport has room again: go on writing."""
-        self._paused = False
-        self._pump()
-
-    def stopProducing(self) -> None:
-        """The consumer is going away: close the file and unregister (the Deferred fires on disconnect)."""
-        self._stop()
 
     def _pump(self) -> None:
         """Write chunks until paused, stopped, done, or this turn's share is used up."""

@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
-from nixforge.api.blob_sender import CHUNK_SIZE, BodySender
+from nixforge.api.blob_sender import CHUNK_SIZE, PacedSender
 
 log = Logger()
 
@@ -21,7 +21,7 @@ STREAM_CHUNK = 4 * CHUNK_SIZE
 
 
 @implementer(IPushProducer)
-class StreamSender(BodySender):
+class StreamSender(PacedSender):
     """Write `length` bytes of `reader` to `request`; every read runs in a worker thread (`run_in_thread`).
 
     A read from the network may wait, so none runs on the reactor. One read is in flight at a time;
@@ -35,37 +35,14 @@ class StreamSender(BodySender):
 
     def __init__(self, request: IRequest, reader: BinaryIO, length: int,
                  run_in_thread: Callable[..., Deferred[Any]], chunk_size: int = STREAM_CHUNK) -> None:
-        super().__init__(request, reader)
-        self._remaining = length
+        super().__init__(request, reader, length)
         self._run_in_thread = run_in_thread
         self._chunk_size = chunk_size
-        self._paused = False
         self._reading = False
         self._closed = False
 
-    def start(self) -> Deferred[None]:
-        """Register with the request and start reading; fires when the body is done or the client gone."""
-        self._request.notifyFinish().addErrback(self._lost)
-        if self._remaining <= 0:
-            self._finish()
-            return self._done
-        self._registered = True
-        self._request.registerProducer(self, True)
+    def _go(self) -> None:
         self._read_next()
-        return self._done
-
-    def pauseProducing(self) -> None:
-        """The transport's buffer is full: read no more until it asks again."""
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        """The transport has room again: go on reading."""
-        self._paused = False
-        self._read_next()
-
-    def stopProducing(self) -> None:
-        """The consumer is going away: stop and close the reader."""
-        self._stop()
 
     def _read_next(self) -> None:
         if self._reading or self._paused or self._stopped:
