@@ -64,7 +64,8 @@ class SharedBuilds:
     reload: Callable[[str, str], TagRecord | None]
     run_in_thread: Callable[..., Deferred[Any]]
     clock: IReactorTime
-    poll: float = 1.0
+    poll: float = 0.5
+    """Seconds between a waiter's looks at the record (one GET) and the lease; it serves at most this late."""
 
     async def hold_or_wait(self, name: str, tag: str, source: str,
                            unusable: TagRecord | None = None) -> HeldLease | TagRecord:
