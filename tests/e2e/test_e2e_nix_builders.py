@@ -7,6 +7,8 @@ import re
 import secrets
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.e2e_support import (
     FIXTURE_FLAKES,
     OCI_ACCEPT,
@@ -101,16 +103,18 @@ def test_max_jobs_0_without_builders_answers_503_with_nix_s_refusal_and_serves_w
     forge.manifest("hello")
 
 
+@pytest.mark.parametrize("scheme", ["ssh", "ssh-ng"])
 def test_a_remote_builder_builds_the_image_and_its_output_comes_back(
-    forge_factory: ForgeFactory, tmp_path: Path
+    forge_factory: ForgeFactory, tmp_path: Path, scheme: str
 ) -> None:
-    # Nix treats the host `localhost` as ssh without ssh: it runs `nix-store --serve` itself. The
+    # Nix treats the host `localhost` as ssh without ssh: it runs the remote side itself (`nix-store
+    # --serve` for ssh://, `nix-daemon --stdio` for ssh-ng://). The
     # builder's store is a store of its own under `builder` (a diverted store, so Nix builds there in
     # its sandbox, which needs the host's /bin, /usr, /lib and the awk of /etc/alternatives for these
     # fixtures' /bin/sh builders).
     flake = fresh_flake(tmp_path)
     builder = tmp_path / "builder"
-    machine = f"ssh://localhost?remote-store=local?root={builder} {SYSTEM} - 1 1"
+    machine = f"{scheme}://localhost?remote-store=local?root={builder} {SYSTEM} - 1 1"
     forge = forge_factory(
         "remote", flake=f"path:{flake}",
         extra_args=["--nix-option", f"builders={machine}", "--nix-option", "max-jobs=0"],
@@ -122,5 +126,5 @@ def test_a_remote_builder_builds_the_image_and_its_output_comes_back(
     for path in (image, package):
         assert (builder / path.lstrip("/")).exists(), f"{path} was not built in the builder's store"
         assert Path(path).exists(), f"{path} did not come back to the local store"
-        built_on = rf"building '/nix/store/\S+-{re.escape(Path(path).name.split('-', 1)[1])}\.drv' on 'ssh://localhost"
+        built_on = rf"building '/nix/store/\S+-{re.escape(Path(path).name.split('-', 1)[1])}\.drv' on '{scheme}://localhost"
         assert forge.matching_lines(re.compile(built_on)), built_on

@@ -93,10 +93,10 @@ def test_every_nix_command_carries_every_option(
 
 def test_the_nix_environment_is_passed_whole(fake_reactor: FakeProcessReactor) -> None:
     # A post-build hook and a remote builder's ssh run as children of nix: they get nix's environment
-    # (HOME for ~/.ssh, NIX_SSHOPTS, NIX_CONFIG), which is the registry's plus the client's `env`.
-    env: dict[str, Any] = {"NIX_SSHOPTS": "-o StrictHostKeyChecking=accept-new"}
+    # (HOME for ~/.ssh, SSH_AUTH_SOCK, NIX_CONFIG), which is the registry's plus the client's `env`.
+    env: dict[str, Any] = {"SSH_AUTH_SOCK": "/run/nixforge/agent.sock"}
     client = NixClient(fake_reactor, timeout=30, env=env, setsid=None)
     client.build("path:/f#hello")
     (process,) = fake_reactor.processes
-    assert process.env["NIX_SSHOPTS"] == "-o StrictHostKeyChecking=accept-new"
+    assert process.env["SSH_AUTH_SOCK"] == "/run/nixforge/agent.sock"
     assert "PATH" in process.env
