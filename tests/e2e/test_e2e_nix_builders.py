@@ -89,7 +89,8 @@ def test_max_jobs_0_without_builders_answers_503_with_nix_s_refusal_and_serves_w
 ) -> None:
     flake = fresh_flake(tmp_path)
     nix_out_path(f"path:{flake}", "hello.image")  # in the Nix store already: no build needed to serve it
-    forge = forge_factory("no-jobs", flake=f"path:{flake}", extra_args=["--nix-option", "max-jobs=0"])
+    # Through the environment this time (the other tests pass --nix-option).
+    forge = forge_factory("no-jobs", flake=f"path:{flake}", extra_env={"NIXFORGE_NIX_OPTIONS": "max-jobs=0"})
 
     for _ in range(2):  # not remembered as a failed build: each pull asks Nix again
         answer = forge.get("/v2/chatty/manifests/latest", {"Accept": OCI_ACCEPT})
