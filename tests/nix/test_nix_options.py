@@ -23,10 +23,12 @@ FLAGS = [
     "builders-use-substitutes=true",
     "post-build-hook=/etc/nixforge/upload-to-cache",
 ]
-ENVIRONMENT = f"extra-substituters=http://cache.example:5000/nix-cache/ file:///mnt/nix-cache;" \
-              f"extra-trusted-public-keys={KEY}"
+ENVIRONMENT = f"substituters=http://cache.example:5000/nix-cache/;trusted-public-keys={KEY};" \
+              f"extra-substituters=file:///mnt/nix-cache ssh-ng://nix@cache-2.example;extra-trusted-public-keys={KEY}"
 EXPECTED = (
-    ("extra-substituters", "http://cache.example:5000/nix-cache/ file:///mnt/nix-cache"),
+    ("substituters", "http://cache.example:5000/nix-cache/"),
+    ("trusted-public-keys", KEY),
+    ("extra-substituters", "file:///mnt/nix-cache ssh-ng://nix@cache-2.example"),
     ("extra-trusted-public-keys", KEY),
     ("builders", "ssh-ng://nix@builder-1.example x86_64-linux /etc/nixforge/builder_ed25519 4 2 big-parallel"),
     ("max-jobs", "0"),
