@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import re
 import secrets
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -52,6 +57,28 @@ def narinfo_name(store_path: str) -> str:
     return Path(store_path).name.split("-", 1)[0] + ".narinfo"
 
 
+@contextmanager
+def static_http_server(directory: Path) -> Iterator[str]:
+    """Serve `directory`'s files on 127.0.0.1 (as nginx would a binary cache's); yield its URL."""
+    handler = functools.partial(QuietFileHandler, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+class QuietFileHandler(SimpleHTTPRequestHandler):
+    """Static files, without a stderr line per request."""
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
 def test_a_post_build_hook_fills_a_signed_cache_that_another_store_copies_from(
     forge_factory: ForgeFactory, tmp_path: Path
 ) -> None:
@@ -77,11 +104,19 @@ def test_a_post_build_hook_fills_a_signed_cache_that_another_store_copies_from(
     untrusting = run_tool(nix_command("copy", "--from", f"file://{cache}", "--to", str(tmp_path / "untrusting"),
                                       image), check=False)
     assert untrusting.returncode != 0 and "lacks a valid signature" in untrusting.stderr
+    trusted = public.read_text().strip()
     other = tmp_path / "other-store"
-    run_tool(nix_command("copy", "--option", "trusted-public-keys", public.read_text().strip(),
+    run_tool(nix_command("copy", "--option", "trusted-public-keys", trusted,
                          "--from", f"file://{cache}", "--to", str(other), image))
     assert run_tool(nix_command("path-info", "--store", str(other), image)).stdout.split() == [image]
     assert (other / image.lstrip("/")).is_file()
+
+    # The same directory behind a plain static HTTP server is an http:// binary cache.
+    with static_http_server(cache) as url:
+        third = tmp_path / "third-store"
+        run_tool(nix_command("copy", "--option", "trusted-public-keys", trusted, "--from", url, "--to", str(third),
+                             package))
+        assert (third / package.lstrip("/")).exists()
 
 
 def test_max_jobs_0_without_builders_answers_503_with_nix_s_refusal_and_serves_what_is_built(
