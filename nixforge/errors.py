@@ -56,6 +56,18 @@ class BuildCancelled(BuildFailed):
     """The registry is stopping: image assembly was interrupted and nothing of it was published."""
 
 
+class NoBuilder(ForgeError):
+    """Nix may build nothing here (`max-jobs` 0) and no remote builder can take the build now.
+
+    Not remembered as a failed build: the client should retry after `retry_after` seconds, when a
+    builder may be back.
+    """
+
+    def __init__(self, message: str, retry_after: int = 30, detail: object = None) -> None:
+        super().__init__(message, detail)
+        self.retry_after = retry_after
+
+
 class BuildTimedOut(ForgeError):
     """The build ran longer than the configured timeout and was killed."""
 

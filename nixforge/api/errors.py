@@ -17,6 +17,7 @@ from nixforge.errors import (
     ManifestUnknown,
     NameInvalid,
     NameUnknown,
+    NoBuilder,
     StoreFull,
     TagInvalid,
     TooManyBuilds,
@@ -111,7 +112,7 @@ def error_response(error: BaseException) -> ErrorResponse | None:
             detail=error.detail,
             headers={"Retry-After": str(max(0, int(error.retry_after)))},
         )
-    if isinstance(error, StoreFull):
+    if isinstance(error, (StoreFull, NoBuilder)):
         return ErrorResponse(
             status=503,
             code="UNAVAILABLE",

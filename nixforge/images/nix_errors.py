@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from nixforge.errors import BuildFailed, BuildTimedOut, ForgeError, ManifestUnknown, NameUnknown
-from nixforge.nix.client import NixAttributeMissing, NixError, NixRefUnknown, NixTimeout
+from nixforge.errors import BuildFailed, BuildTimedOut, ForgeError, ManifestUnknown, NameUnknown, NoBuilder
+from nixforge.nix.client import NixAttributeMissing, NixError, NixNoBuilder, NixRefUnknown, NixTimeout
 
 T = TypeVar("T")
 
@@ -24,6 +24,9 @@ async def mapped(step: Callable[[], Awaitable[T]], name: str, flake_ref: str, ta
     except NixTimeout as error:
         log_tail = [*error.log_tail, f"killed after the {timeout:g} s build timeout"]
         raise BuildTimedOut(f"build timed out after {timeout:g} seconds", {"log": log_tail}) from error
+    except NixNoBuilder as error:
+        raise NoBuilder("no builder can take the build now (max-jobs is 0 and no remote builder fits)",
+                        detail={"error": error.message, "log": error.log_tail}) from error
     except NixError as error:
         raise BuildFailed("nix build failed", {"error": error.message, "log": error.log_tail}) from error
 

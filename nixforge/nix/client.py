@@ -38,6 +38,7 @@ __all__ = [
     "NixAttributeMissing",
     "NixClient",
     "NixError",
+    "NixNoBuilder",
     "NixRefUnknown",
     "NixTimeout",
     "StorePathInfo",
@@ -68,6 +69,10 @@ class NixRefUnknown(NixError):
     """The flake ref (or its git ref) cannot be fetched or does not exist."""
 
 
+class NixNoBuilder(NixError):
+    """Nix could start no build: `max-jobs` is 0 and no remote builder (`builders`) can take it."""
+
+
 class NixTimeout(NixError):
     """Nix ran longer than `timeout` seconds and was killed."""
 
@@ -84,6 +89,9 @@ _BUILD_FAILED = re.compile(
     r"dependenc(?:y|ies) (?:couldn't|could not) be built|failed due to signal",
     re.IGNORECASE,
 )
+# Nix 2.8's worker, when `max-jobs = 0` and no machine of `builders` fits ("either increase '--max-jobs'
+# or enable remote builds", or "remote machines may not have all required system features").
+_NO_BUILDER = re.compile(r"unable to start any build", re.IGNORECASE)
 _ATTRIBUTE_MISSING = re.compile(r"does not provide attribute", re.IGNORECASE)
 _REF_UNKNOWN = re.compile(
     r"unable to download|cannot find git revision|does not exist|getting status of|cannot fetch|"
@@ -102,7 +110,9 @@ def classify_failure(exit_code: int | None, errors: Sequence[str], log_tail: Seq
     message = "\n".join(lines) or f"nix failed (exit code {exit_code})"
     own_words = "\n".join(line for line in lines if not line.lstrip().startswith(">"))
     kind: type[NixError] = NixError
-    if _BUILD_FAILED.search(own_words):
+    if _NO_BUILDER.search(own_words):
+        kind = NixNoBuilder
+    elif _BUILD_FAILED.search(own_words):
         kind = NixError
     elif _ATTRIBUTE_MISSING.search(own_words):
         kind = NixAttributeMissing

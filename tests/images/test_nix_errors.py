@@ -7,9 +7,18 @@ from typing import Any
 import pytest
 from twisted.internet.defer import ensureDeferred
 
-from nixforge.errors import BuildFailed, BuildTimedOut, ForgeError, ManifestUnknown, NameUnknown, TooManyBuilds
+from nixforge.api.errors import error_response
+from nixforge.errors import (
+    BuildFailed,
+    BuildTimedOut,
+    ForgeError,
+    ManifestUnknown,
+    NameUnknown,
+    NoBuilder,
+    TooManyBuilds,
+)
 from nixforge.images.nix_errors import for_system, mapped
-from nixforge.nix.client import NixAttributeMissing, NixError, NixRefUnknown, NixTimeout
+from nixforge.nix.client import NixAttributeMissing, NixError, NixNoBuilder, NixRefUnknown, NixTimeout
 
 from .fakes import result_of
 
@@ -40,6 +49,17 @@ def test_nix_failures_become_registry_errors(error: Exception, tag: str, expecte
     failure = mapped_failure(error, tag)
     assert failure.check(expected) and failure.value.detail == detail
     assert failure.value.__cause__ is error
+
+
+def test_no_builder_is_503_unavailable_with_nix_s_refusal_and_retry_after() -> None:
+    refusal = "error: unable to start any build; either increase '--max-jobs' or enable remote builds."
+    failure = mapped_failure(NixNoBuilder(refusal, 1, ["evaluating"]))
+    assert failure.check(NoBuilder) and not failure.check(BuildFailed)  # not remembered as a failed build
+    assert failure.value.detail == {"error": refusal, "log": ["evaluating"]}
+    response = error_response(failure.value)
+    assert response is not None
+    assert (response.status, response.code, response.headers) == (503, "UNAVAILABLE", {"Retry-After": "30"})
+    assert "no builder" in response.message
 
 
 def test_registry_errors_and_results_pass_through() -> None:
