@@ -49,10 +49,14 @@ def start_probes(blob: Path, workdir: Path) -> list[ServerProcess]:
     return probes
 
 
-def curl_downloads(url: str, clients: int, duration: float, timeout: float = 600.0) -> dict[str, Any]:
+def curl_downloads(url: str, clients: int, duration: float, timeout: float = 600.0,
+                   follow: bool = False) -> dict[str, Any]:
     """Batches of `clients` curl processes at once, each one GET on its own connection, until `duration`
-    seconds have passed (one batch at least); all bytes over the wall time of the batches."""
-    argv = ["curl", "-s", "-o", "/dev/null", "--max-time", str(int(timeout)), "-w", "%{http_code} %{size_download}"]
+    seconds have passed (one batch at least); all bytes over the wall time of the batches.
+
+    `follow`: follow redirects (`curl -L`); the status and bytes counted are then those of the last hop."""
+    argv = ["curl", "-s", "-o", "/dev/null", "--max-time", str(int(timeout)), "-w", "%{http_code} %{size_download}",
+            *(["-L"] if follow else [])]
     began = time.monotonic()
     codes: list[str] = []
     total = 0

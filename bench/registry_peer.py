@@ -107,8 +107,9 @@ def api_answers(base_url: str) -> bool:
         return False
 
 
-def peer_config(root: Path, port: int) -> str:
-    """The peer's config.yml: filesystem storage, in-memory blob descriptor cache, loopback only.
+def peer_config(root: Path, port: int, storage: Sequence[str] | None = None) -> str:
+    """The peer's config.yml: filesystem storage (or the `storage` lines given), in-memory blob descriptor
+    cache, loopback only.
 
     Logging stays at distribution's defaults (info, access log on), as nixforge's stays at its own.
     """
@@ -119,24 +120,46 @@ def peer_config(root: Path, port: int) -> str:
         "storage:",
         "  cache:",
         "    blobdescriptor: inmemory",
-        "  filesystem:",
-        f"    rootdirectory: {root}",
+        *(storage if storage is not None else ["  filesystem:", f"    rootdirectory: {root}"]),
         "http:",
         f"  addr: 127.0.0.1:{port}",
         "",
     ])
 
 
-def start_peer(workdir: Path, binary: str = PEER_BINARY, timeout: float = 30.0) -> ServerProcess:
-    """Start CNCF distribution (`docker-registry serve config.yml`) in `workdir`; return once /v2/ answers."""
+def s3_storage(endpoint: str, bucket: str, access_key: str, secret_key: str, region: str) -> list[str]:
+    """distribution 2.8's `s3` driver on an S3-compatible endpoint over plain HTTP (path style, as 2.8 always
+    uses with a `regionendpoint`); blob GETs are redirected to presigned URLs, the driver's default."""
+    return [
+        "  s3:",
+        f"    regionendpoint: {endpoint}",
+        f"    region: {region}",
+        f"    bucket: {bucket}",
+        f"    accesskey: {access_key}",
+        f"    secretkey: {secret_key}",
+        "    secure: false",
+        "    v4auth: true",
+        "    rootdirectory: /distribution",
+        "  redirect:",
+        "    disable: false",
+    ]
+
+
+def start_peer(workdir: Path, binary: str = PEER_BINARY, timeout: float = 30.0,
+               storage: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> ServerProcess:
+    """Start CNCF distribution (`docker-registry serve config.yml`) in `workdir`; return once /v2/ answers.
+
+    `storage`: the config's storage lines (default: the filesystem under `workdir`); `env`: its environment.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
-    storage = workdir / "storage"
-    storage.mkdir(exist_ok=True)
+    storage_dir = workdir / "storage"
+    storage_dir.mkdir(exist_ok=True)
     port = free_port()
     config = workdir / "config.yml"
-    config.write_text(peer_config(storage, port), encoding="utf-8")
+    config.write_text(peer_config(storage_dir, port, storage), encoding="utf-8")
     log_path = workdir / "registry.log"
-    server = ServerProcess("distribution", spawn([binary, "serve", str(config)], log_path, workdir), port, log_path)
+    server = ServerProcess("distribution", spawn([binary, "serve", str(config)], log_path, workdir, env), port,
+                           log_path)
     try:
         wait_until(lambda: api_answers(server.base_url), server.process, "distribution", timeout)
     except BaseException:

@@ -26,7 +26,7 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -105,10 +105,14 @@ CAPS = {"NIXFORGE_MAX_CONNECTIONS": "4096", "NIXFORGE_MAX_CLIENT_CONNECTIONS": "
 BACKLOG = 1024
 
 
-def start_nixforge(workdir: Path, flake_dir: Path, twistd: str, timeout: float = 60.0) -> ServerProcess:
-    """Start `twistd -n nixforge` on 127.0.0.1 port 0, offline Nix; return once it logged its port."""
+def start_nixforge(workdir: Path, flake_dir: Path, twistd: str, timeout: float = 60.0,
+                   extra_env: Mapping[str, str] | None = None, name: str = "nixforge") -> ServerProcess:
+    """Start `twistd -n nixforge` on 127.0.0.1 port 0, offline Nix; return once it logged its port.
+
+    `extra_env` is added to its environment last (e.g. an S3 store's settings)."""
     workdir.mkdir(parents=True, exist_ok=True)
-    env = {**CAPS, **os.environ, "NIX_CONFIG": "substituters =\nexperimental-features = nix-command flakes"}
+    env = {**CAPS, **os.environ, "NIX_CONFIG": "substituters =\nexperimental-features = nix-command flakes",
+           **(extra_env or {})}
     argv = [
         # The endpoint string gets the backlog `--port 5000` gets by default (Twisted's own default is 50).
         twistd, "-n", "--pidfile", "", "nixforge", "--port", f"tcp:0:interface=127.0.0.1:backlog={BACKLOG}",
@@ -129,7 +133,7 @@ def start_nixforge(workdir: Path, flake_dir: Path, twistd: str, timeout: float =
     server: ServerProcess | None = None
     try:
         wait_until(listening, process, "nixforge", timeout)
-        server = ServerProcess("nixforge", process, ports[0], log_path)
+        server = ServerProcess(name, process, ports[0], log_path)
         wait_until(lambda: api_answers(server.base_url), process, "nixforge /v2/", timeout)
     except BaseException:
         if server is None:
