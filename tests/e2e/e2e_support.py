@@ -83,11 +83,18 @@ def nix_env() -> dict[str, str]:
     return env
 
 
-def run_tool(argv: Sequence[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess[str]:
-    """Run a command (argv list), capture its output; fail with its stderr when it exits non-zero."""
-    result = subprocess.run(
-        list(argv), capture_output=True, text=True, timeout=timeout, env=nix_env(), check=False
-    )
+def run_tool(argv: Sequence[str], timeout: float = 300, check: bool = True,
+             cache_home: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a command (argv list), capture its output; fail with its stderr when it exits non-zero.
+
+    `cache_home`: a fresh `XDG_CACHE_HOME` for Nix. Nix remembers a binary cache's `nix-cache-info`
+    and narinfos by URL for days; a test's loopback port may be one an earlier test or run used, so a
+    command reading a binary cache over HTTP must not see what Nix remembered of that URL.
+    """
+    env = nix_env()
+    if cache_home is not None:
+        env["XDG_CACHE_HOME"] = str(cache_home)
+    result = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout, env=env, check=False)
     if check and result.returncode != 0:
         raise AssertionError(
             f"{argv!r} exited {result.returncode}\nstdout:\n{result.stdout[-4000:]}\n"

@@ -116,7 +116,7 @@ def test_a_post_build_hook_fills_a_signed_cache_that_another_store_copies_from(
     with static_http_server(cache) as url:
         third = tmp_path / "third-store"
         run_tool(nix_command("copy", "--option", "trusted-public-keys", trusted, "--from", url, "--to", str(third),
-                             package))
+                             package), cache_home=tmp_path / "xdg-cache")
         assert (third / package.lstrip("/")).exists()
 
 

@@ -22,12 +22,12 @@ def make_key(directory: Path, name: str) -> tuple[Path, str]:
 
 def nix_copy(forge: ForgeProcess, store: Path, public_key: str, paths: list[Path], *extra: str,
              check: bool = True):
-    """`nix copy --from <nixforge>/nix-cache --to <a fresh chroot store>` with one trusted key."""
+    """`nix copy --from <nixforge>/nix-cache --to <a fresh chroot store>` with one trusted key, Nix's cache fresh."""
     return run_tool(nix_command(
         "copy", "--from", forge.url("/nix-cache"), "--to", str(store),
         "--option", "trusted-public-keys", public_key,
         "--option", "narinfo-cache-negative-ttl", "0", "--option", "narinfo-cache-positive-ttl", "0",
-        *extra, *map(str, paths)), timeout=300, check=check)
+        *extra, *map(str, paths)), timeout=300, check=check, cache_home=store.with_name(store.name + ".xdg-cache"))
 
 
 def store_closure(store: Path, root: Path) -> list[Path]:
