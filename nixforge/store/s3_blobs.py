@@ -8,6 +8,7 @@ import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
@@ -27,6 +28,8 @@ log = Logger()
 MULTIPART_THRESHOLD = 32 * 1024 * 1024
 PART_SIZE = 16 * 1024 * 1024
 _COPY_CHUNK = 1024 * 1024
+SIZES_KEPT = 100_000
+"""Blob sizes remembered (about 15 MB): a blob asked for again after it was forgotten costs one HEAD."""
 _TEMP_PREFIX = "s3-blob-"
 
 
@@ -80,7 +83,7 @@ class S3BlobStore:
         self.multipart_uploads = 0
         self.on_reactor = on_reactor
         self.leases = BlobLeases()
-        self._sizes: dict[str, int] = {}
+        self._sizes: OrderedDict[str, int] = OrderedDict()  # least recently used first
         self._first_seen: dict[str, float] = {}
         self._uploads_seen: dict[str, float] = {}
         self._live_uploads: set[str] = set()
@@ -100,8 +103,16 @@ class S3BlobStore:
 
     def _known(self, digest: str, size: int) -> None:
         with self.leases.lock:
-            self._sizes[digest] = size
+            self._remember_locked([(digest, size)])
             self.leases.touch_locked(digest)
+
+    def _remember_locked(self, sizes: list[tuple[str, int]]) -> None:
+        """Cache sizes (most recent last), forgetting the least recently used past SIZES_KEPT."""
+        for digest, size in sizes:
+            self._sizes[digest] = size
+            self._sizes.move_to_end(digest)
+        while len(self._sizes) > SIZES_KEPT:
+            self._sizes.popitem(last=False)  # asked for again later: one HEAD
 
     def upload(self, digest: str, file: BinaryIO, size: int) -> None:
         """Store the verified bytes of `file` under `digest` unless present (`If-None-Match: *`)."""
@@ -151,6 +162,7 @@ class S3BlobStore:
         with self.leases.lock:
             size = self._sizes.get(digest)
             if size is not None:
+                self._sizes.move_to_end(digest)
                 self.leases.touch_locked(digest)
                 return size
         if self.on_reactor():
@@ -240,7 +252,7 @@ class S3BlobStore:
         found = list(self.digests())
         with self.leases.lock:
             new = [(digest, size) for digest, size in found if digest not in self._sizes]
-            self._sizes.update(new)
+            self._remember_locked(new)
         return len(new)
 
     def digests(self) -> Iterator[tuple[str, int]]:
@@ -256,9 +268,8 @@ class S3BlobStore:
             return found
         found = self.calls.run("list_objects_v2", listing)
         now = self.monotonic()
-        with self._lock:
-            for digest, _ in found:
-                self._first_seen.setdefault(digest, now)
+        with self._lock:  # only what the bucket holds now: blobs other replicas deleted are forgotten
+            self._first_seen = {digest: self._first_seen.get(digest, now) for digest, _ in found}
         yield from found
 
     def remove_abandoned(self) -> int:

@@ -11,6 +11,7 @@ import pytest
 from zope.interface.verify import verifyObject
 
 from nixforge.errors import BlobUnknown, DigestInvalid
+from nixforge.store import s3_blobs
 from nixforge.store.filesystem import FilesystemBlobStore
 from nixforge.store.interfaces import IBlobStore, IBlobWriter, ICollectableBlobStore
 from nixforge.store.memory import MemoryBlobStore
@@ -262,6 +263,31 @@ class TestS3BlobStore(BlobStoreContract):
         later, later_size = other.put(b"built later")
         on_reactor[0] = False
         assert replica.size(later) == later_size  # from a worker thread: one HEAD
+
+    def test_the_size_cache_is_bounded_and_a_forgotten_size_is_asked_for_again(
+            self, s3_calls: S3Calls, s3_location: S3Location, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(s3_blobs, "SIZES_KEPT", 2)
+        on_reactor = [False]
+        store = S3BlobStore(s3_calls, s3_location, scratch(tmp_path), on_reactor=lambda: on_reactor[0])
+        first, second, third = (store.put(data) for data in (b"one", b"two", b"three"))
+        on_reactor[0] = True
+        assert store.size(first[0]) is None  # the least recently used went
+        assert store.size(second[0]) == 3 and store.size(third[0]) == 5
+        on_reactor[0] = False
+        assert store.size(first[0]) == 3  # one HEAD, from a worker thread
+        assert len(store._sizes) == 2
+
+    def test_a_listing_forgets_blobs_another_replica_deleted(self, s3_calls: S3Calls, s3_location: S3Location,
+                                                            tmp_path: Path) -> None:
+        store = S3BlobStore(s3_calls, s3_location, scratch(tmp_path))
+        other = S3BlobStore(s3_calls, s3_location, scratch(tmp_path), grace=0)
+        kept, _ = store.put(b"kept")
+        gone, _ = store.put(b"deleted by the other replica's GC")
+        assert {digest for digest, _ in store.digests()} == {kept, gone}
+        list(other.digests())
+        assert other.delete(gone, other.leases.floor()) is not None
+        assert {digest for digest, _ in store.digests()} == {kept}
+        assert set(store._first_seen) == {kept}
 
     def test_gc_spares_blobs_first_seen_within_the_grace_period(self, s3_calls: S3Calls, s3_location: S3Location,
                                                                 tmp_path: Path) -> None:
