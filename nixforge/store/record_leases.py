@@ -18,6 +18,9 @@ from attrs import frozen
 from nixforge.store.interfaces import IRecordStore
 from nixforge.store.records import encode_json
 
+OBSERVED_KEPT = 1024
+"""Leases of other holders whose versions a waiter remembers; past that, the oldest sighting is dropped."""
+
 
 @frozen
 class Lease:
@@ -51,6 +54,8 @@ class RecordLeases:
         while True:
             version = self.records.swap(key, self._body(0), None)
             if version is not None:
+                with self._lock:
+                    self._observed.pop(key, None)
                 return Lease(key, version)
             stored = self.records.get(key)
             if stored is None:
@@ -59,7 +64,10 @@ class RecordLeases:
             with self._lock:
                 seen = self._observed.get(key)
                 if seen is None or seen[0] != stored.version:
+                    self._observed.pop(key, None)
                     self._observed[key] = (stored.version, now)
+                    while len(self._observed) > OBSERVED_KEPT:  # the oldest sightings: their clocks restart
+                        del self._observed[next(iter(self._observed))]
                     return None
             if now - seen[1] < self.ttl:
                 return None

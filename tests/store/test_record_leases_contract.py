@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from nixforge.store import record_leases
 from nixforge.store.interfaces import IRecordStore
 from nixforge.store.record_leases import RecordLeases
 from nixforge.store.records import FilesystemRecordStore, MemoryRecordStore
@@ -80,6 +81,19 @@ class LeaseContract:
         for thread in threads:
             thread.join(30)
         assert len(won) == 1 and replicas[0].holder_of("gc") == won[0]
+
+
+def test_a_waiter_remembers_a_bounded_number_of_sightings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(record_leases, "OBSERVED_KEPT", 3)
+    records = MemoryRecordStore()
+    holder, waiter = RecordLeases(records, ttl=30, holder="a"), RecordLeases(records, ttl=30, holder="b")
+    held = [holder.acquire(f"build-{n}") for n in range(5)]
+    assert all(lease is not None for lease in held)
+    for n in range(5):
+        assert waiter.acquire(f"build-{n}") is None  # each sighting starts a clock
+    assert len(waiter._observed) == 3
+    holder.release(held[4])  # type: ignore[arg-type]
+    assert waiter.acquire("build-4") is not None and len(waiter._observed) == 2  # a lease taken: forgotten
 
 
 class TestMemoryLeases(LeaseContract):
