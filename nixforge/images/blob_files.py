@@ -24,13 +24,19 @@ def stored_size(store: IBlobStore, digest: str, run_in_thread: Callable[..., Def
     return run_in_thread(store.size, digest)
 
 
-async def stored_blob(store: IBlobStore, digest: str, run_in_thread: Callable[..., Deferred[Any]]) -> BlobFile | None:
-    """The blob as a BlobFile (ranged reads straight from a store across the network), or None when absent."""
-    size = await stored_size(store, digest, run_in_thread)
-    if size is None:
-        return None
+def stored_blob(store: IBlobStore, digest: str,
+                run_in_thread: Callable[..., Deferred[Any]]) -> Deferred[BlobFile | None]:
+    """The blob as a BlobFile (ranged reads straight from a store across the network), or None when absent.
+
+    A size the store knows fires at once, with no coroutine: blob GETs and HEADs are a hot path.
+    """
     ranged = None
     if IBlobStreams.providedBy(store):
         def ranged(offset: int, length: int) -> Any:
             return store.stream(digest, offset, length)
-    return BlobFile(digest=digest, size=size, opener=lambda: store.open(digest), ranged=ranged)
+
+    def found(size: int | None) -> BlobFile | None:
+        if size is None:
+            return None
+        return BlobFile(digest=digest, size=size, opener=lambda: store.open(digest), ranged=ranged)
+    return stored_size(store, digest, run_in_thread).addCallback(found)

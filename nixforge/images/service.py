@@ -216,7 +216,7 @@ class ImageService:
             if blob is None:
                 raise unknown
             return blob
-        return ensureDeferred(stored_blob(self.store, digest, self.images.run_in_thread)).addCallback(found)
+        return stored_blob(self.store, digest, self.images.run_in_thread).addCallback(found)
 
     def _manifests_of(self, name: str) -> frozenset[str]:
         """Every manifest digest of `name` served now: its allowed records', and retained ones of allowed tags."""
