@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 from collections.abc import Sequence
@@ -17,7 +16,8 @@ from collections.abc import Sequence
 from attrs import define
 
 from nixforge.store.filesystem import FilesystemBlobStore
-from nixforge.store.records import FilesystemRecordStore, update_json
+from nixforge.store.pull_times import PullTimes
+from nixforge.store.records import FilesystemRecordStore
 from nixforge.store.s3_blobs import S3BlobStore
 from nixforge.store.s3_client import S3Calls, S3Location, S3Settings, make_client
 from nixforge.store.s3_records import S3RecordStore
@@ -80,20 +80,9 @@ def migrate(data_dir: str, source_blobs: FilesystemBlobStore, target_blobs: S3Bl
                 copied.records_present += 1
             else:
                 copied.records_kept += 1
-    pulls = source_records.get(PULLS)
-    if pulls is not None:
-        mine = json.loads(pulls.value)
-
-        def merge(current: object) -> object:
-            if not isinstance(current, dict) or not isinstance(current.get("pulls"), list):
-                return mine
-            latest = {(n, t): w for n, t, w in current["pulls"]}
-            for name, tag, when in mine.get("pulls", []):
-                latest[(name, tag)] = max(when, latest.get((name, tag), when))
-            merged = {**current, "pulls": sorted([n, t, w] for (n, t), w in latest.items())}
-            return None if merged == current else merged
-
-        update_json(target_records, PULLS, merge)
+    target_pulls = PullTimes(target_records, PULLS)  # merged with the bucket's: the later time wins
+    target_pulls.take(PullTimes(source_records, PULLS))
+    target_pulls.save()
     return copied
 
 

@@ -66,6 +66,13 @@ class PullTimes:
             self._forgotten.discard((name, tag))
             self._dirty = True
 
+    def take(self, other: PullTimes) -> None:
+        """Remember every pull `other` knows (the later time of each pair wins); no store work."""
+        with other._lock:
+            theirs = dict(other._times)
+        for (name, tag), when in theirs.items():
+            self.record(name, tag, when)
+
     def get(self, name: str, tag: str) -> float | None:
         """The last pull time of name:tag, or None if never pulled (since it was built)."""
         with self._lock:
