@@ -269,7 +269,7 @@ class GarbageCollector:
 
         With `only_over_cap`, do nothing (return None) while the store fits its cap. With `shared`
         (replicas on one bucket), only the holder of the GC lease runs, after reading every replica's
-        records and blobs; the others return None.
+        records (its sweep lists every blob); the others return None.
         """
         if self.shared is None:
             return self._collect(reason, only_over_cap)
@@ -278,10 +278,10 @@ class GarbageCollector:
             log.info("gc ({reason}): another replica holds the GC lease; not collecting", reason=reason)
             return None
         try:
-            for source in (self.store, self.index):  # mark from every record in the bucket
-                refresh = getattr(source, "refresh", None)
-                if refresh is not None:
-                    refresh()
+            # Mark from every record in the bucket. The blobs need no refresh: the sweep lists them.
+            refresh = getattr(self.index, "refresh", None)
+            if refresh is not None:
+                refresh()
             self._renew()
             return self._collect(reason, only_over_cap)
         finally:
